@@ -1,0 +1,4 @@
+//! Platform data and device-tree discovery.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! Register offsets and the decoding of the ID registers.
