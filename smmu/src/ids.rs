@@ -7,7 +7,7 @@
 use core::fmt;
 
 macro_rules! id_newtype {
-    ($(#[$meta:meta])* $name:ident($inner:ty), $fmt:literal) => {
+    ($(#[$meta:meta])* $name:ident($inner:ty), $fmt:literal, $defmt:literal) => {
         $(#[$meta])*
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
         #[repr(transparent)]
@@ -30,7 +30,7 @@ macro_rules! id_newtype {
         #[cfg(feature = "defmt")]
         impl defmt::Format for $name {
             fn format(&self, f: defmt::Formatter<'_>) {
-                defmt::write!(f, concat!(stringify!($name), "({=", stringify!($inner), ":#x})"), self.0)
+                defmt::write!(f, $defmt, self.0)
             }
         }
     };
@@ -38,37 +38,37 @@ macro_rules! id_newtype {
 
 id_newtype!(
     /// A physical address, as the SMMU and the CPUs see memory after all translation.
-    PhysAddr(u64), "{:#x}"
+    PhysAddr(u64), "{:#x}", "PhysAddr({=u64:#x})"
 );
 id_newtype!(
     /// An intermediate physical address: a guest's idea of a physical address, the input of
     /// stage 2.
-    Ipa(u64), "{:#x}"
+    Ipa(u64), "{:#x}", "Ipa({=u64:#x})"
 );
 id_newtype!(
     /// An I/O virtual address: what a device puts on the bus, the input of stage 1 (or of
     /// stage 2 when stage 1 is bypassed).
-    Iova(u64), "{:#x}"
+    Iova(u64), "{:#x}", "Iova({=u64:#x})"
 );
 id_newtype!(
     /// A physical stream ID: how the SMMU names the device that issued a transaction.
-    StreamId(u32), "{:#x}"
+    StreamId(u32), "{:#x}", "StreamId({=u32:#x})"
 );
 id_newtype!(
     /// A stream ID as a guest names it on its virtual SMMU.
-    VirtualStreamId(u32), "{:#x}"
+    VirtualStreamId(u32), "{:#x}", "VirtualStreamId({=u32:#x})"
 );
 id_newtype!(
     /// A substream ID (a PCIe PASID): selects a context descriptor within a stream.
-    SubstreamId(u32), "{:#x}"
+    SubstreamId(u32), "{:#x}", "SubstreamId({=u32:#x})"
 );
 id_newtype!(
     /// A virtual machine identifier, tagging stage-2 TLB entries.
-    Vmid(u16), "{:#x}"
+    Vmid(u16), "{:#x}", "Vmid({=u16:#x})"
 );
 id_newtype!(
     /// An address-space identifier, tagging stage-1 TLB entries.
-    Asid(u16), "{:#x}"
+    Asid(u16), "{:#x}", "Asid({=u16:#x})"
 );
 
 impl PhysAddr {
@@ -102,7 +102,10 @@ impl PhysRange {
     /// The range `[base, base + size)`.
     #[must_use]
     pub const fn new(base: u64, size: u64) -> Self {
-        Self { base: PhysAddr(base), size }
+        Self {
+            base: PhysAddr(base),
+            size,
+        }
     }
 
     /// One past the last address, saturating at the top of the address space.
