@@ -1,2 +1,18 @@
-//! The EL2 runtime.
+//! The EL2 runtime that embeds the SMMUv3 component.
+//!
+//! Pure modules (the EL2 memory layout, the page-table pool, exception syndrome decoding) build
+//! and are tested on the host. Modules that touch the CPU or devices build only for
+//! `aarch64-unknown-none` and live under [`arch`] and [`boot`].
+
 #![cfg_attr(not(test), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod exception;
+pub mod layout;
+pub mod page_pool;
+
+#[cfg(target_os = "none")]
+pub mod arch;
+#[cfg(target_os = "none")]
+pub mod boot;

@@ -1,1 +1,81 @@
-fn main() {}
+//! `cargo xtask`: the project's host tooling.
+//!
+//! - `setup`: finds or installs QEMU, the cross toolchain and dtc (also run by `build`, `run`
+//!   and `test`).
+//! - `build`: builds the hypervisor image (ELF and raw binary).
+//! - `run`: boots the hypervisor on QEMU (or a user-supplied FVP), decoding its log live.
+//! - `test`: host tests of every crate, then the QEMU scenarios, with a closing summary line.
+
+mod image;
+mod log_decoder;
+mod runner;
+mod scenarios;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  setup                 find or install QEMU (>= 9.2, nested SMMUv3), the aarch64-unknown-none
+                        cross toolchain and dtc; prints what it installs and why
+  build [--board B]     build the hypervisor image (ELF and raw binary) under target/
+  run [options] [-- <extra QEMU arguments>]
+                        boot the hypervisor, decode its log live, exit with its status
+      --board qemu-virt|fvp-base   platform (default qemu-virt; fvp-base needs FVP_BASE_MODEL)
+      --gdb                        QEMU waits for a debugger on localhost:1234 (no timeout)
+      --timeout SECONDS            stop the run after this long (default 120)
+      --hyp-args ARGS              the hypervisor's command line (e.g. hyp.selftest=...)
+      --log-level LEVEL            defmt level compiled in: trace|debug|info|warn|error (default info)
+  test [--list] [NAME...]
+                        host tests of every crate and the QEMU scenarios; NAME selects a subset
+                        (`host` is the host tests)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match command.as_str() {
+        "setup" => setup::ensure().map(|tools| {
+            println!("xtask: ready: {tools}");
+            ExitCode::SUCCESS
+        }),
+        "build" => image::build_command(rest),
+        "run" => runner::run_command(rest),
+        "test" => test::test_command(rest),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => {
+            eprintln!("xtask: unknown command `{other}`\n\n{USAGE}");
+            Ok(ExitCode::from(2))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xtask: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of `tools/xtask`).
+fn workspace_root() -> std::path::PathBuf {
+    let manifest = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .nth(2)
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or(manifest)
+}
+
+/// A boxed error with a message, for tooling.
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Result<T, E = Error> = std::result::Result<T, E>;

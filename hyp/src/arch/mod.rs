@@ -1,0 +1,10 @@
+//! Everything that touches the CPU or a device directly. Builds only for `aarch64-unknown-none`.
+//!
+//! Each `unsafe` block here carries a `SAFETY:` comment naming the invariant it relies on and
+//! who established it.
+
+pub mod log;
+pub mod mmio;
+pub mod power;
+pub mod sysreg;
+pub mod vectors;

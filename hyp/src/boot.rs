@@ -1,0 +1,341 @@
+//! The primary CPU's boot sequence, from the entry point to the end of the run.
+//!
+//! 1. Find the device tree (x0, or the platform's default load address when x0 is 0, as QEMU
+//!    leaves it for an ELF image) and check its header.
+//! 2. Discover the platform from it, start the log on the hypervisor's UART, cross-check the
+//!    board data against the device tree and stop with a clear error when they disagree.
+//! 3. Replace `aarch64-rt`'s coarse initial map with the fine-grained EL2 map of [`layout`].
+//! 4. Probe the physical SMMU and log its decoded ID registers.
+//! 5. Run a self-test if the command line asks for one, then end through PSCI.
+
+use crate::arch::{
+    log,
+    mmio::DeviceWindow,
+    power::{ExitStatus, exit},
+    sysreg, vectors,
+};
+use crate::layout::{self, ImageLayout, PlatformWindows};
+use crate::page_pool::{PageFrame, PagePool};
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
+use smmu::PhysRange;
+
+/// The largest device tree the hypervisor accepts (QEMU's is at most 1 MiB).
+const MAX_DEVICE_TREE_SIZE: u64 = 2 << 20;
+
+/// Tables for the EL2 map. The map covers a handful of regions; 16 tables leave ample room.
+const EL2_TABLE_POOL_PAGES: usize = 16;
+
+struct TablePool {
+    frames: UnsafeCell<[PageFrame; EL2_TABLE_POOL_PAGES]>,
+    taken: AtomicBool,
+}
+
+// SAFETY: the frames are handed out at most once, guarded by `taken` (see `take_table_pool`).
+unsafe impl Sync for TablePool {}
+
+static EL2_TABLES: TablePool = TablePool {
+    frames: UnsafeCell::new([PageFrame::ZEROED; EL2_TABLE_POOL_PAGES]),
+    taken: AtomicBool::new(false),
+};
+
+/// The EL2 table pool, the first time it is asked for; `None` after that.
+fn take_table_pool() -> Option<PagePool> {
+    if EL2_TABLES.taken.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: `taken` was false, so this is the only reference ever made to the frames.
+    Some(PagePool::new(unsafe { &mut *EL2_TABLES.frames.get() }))
+}
+
+unsafe extern "C" {
+    // Section boundaries defined by `aarch64-rt`'s `image.ld`; each is page-aligned there.
+    static text_begin: u8;
+    static rodata_begin: u8;
+    static data_begin: u8;
+    /// The end of the image: after `.bss` and the stacks, page-aligned.
+    static dma_region: u8;
+}
+
+fn image_layout() -> ImageLayout {
+    let text = &raw const text_begin as u64;
+    let rodata = &raw const rodata_begin as u64;
+    let data = &raw const data_begin as u64;
+    let end = &raw const dma_region as u64;
+    ImageLayout {
+        text: PhysRange::new(text, rodata - text),
+        rodata: PhysRange::new(rodata, data - rodata),
+        writable: PhysRange::new(data, end - data),
+    }
+}
+
+/// Reads the flattened device tree header at `address` and returns the tree as a byte slice.
+fn device_tree_at(address: u64) -> Result<&'static [u8], &'static str> {
+    if address == 0 || address % 8 != 0 {
+        return Err("device tree address is null or misaligned");
+    }
+    // The initial map covers RAM as normal memory, so the header can be read in place.
+    // SAFETY: `address` is 8-aligned and inside RAM mapped by the initial page table (the boot
+    // protocol puts the tree there); the header is 40 bytes and nothing writes it concurrently.
+    let header = unsafe { core::ptr::read_volatile(address as *const [u32; 2]) };
+    if u32::from_be(header[0]) != 0xd00d_feed {
+        return Err("no device tree magic at the boot address");
+    }
+    let size = u64::from(u32::from_be(header[1]));
+    if !(40..=MAX_DEVICE_TREE_SIZE).contains(&size) {
+        return Err("device tree size out of bounds");
+    }
+    // SAFETY: the range [address, address + size) is RAM in the hypervisor's carve-out, mapped
+    // by the initial table and later read-only by the EL2 map; nothing writes it after boot.
+    Ok(unsafe { core::slice::from_raw_parts(address as *const u8, size as usize) })
+}
+
+/// The primary CPU's entry from `aarch64-rt`, with the MMU on and the boot stack set.
+pub fn primary_main(x0: u64) -> ! {
+    vectors::install();
+    // Until the device tree names the platform, QEMU virt's data is the best guess: it gives
+    // the device tree's default address and the UART on which to report a bad tree.
+    let fallback = &board::QEMU_VIRT;
+    let dtb_address = if x0 != 0 {
+        x0
+    } else {
+        fallback.ram_base().get()
+    };
+    let tree = device_tree_at(dtb_address);
+    let discovered = tree.map(|tree| board::discover(tree));
+    let platform = match &discovered {
+        Ok(Ok(discovered)) => board::identify(discovered).ok(),
+        _ => None,
+    };
+    let log_uart = platform.unwrap_or(fallback).uart1;
+    // SAFETY: UART1 is the hypervisor's own log UART on every supported platform, mapped as
+    // device memory by the initial map (first GiB) and by the EL2 map built below; nothing else
+    // drives it.
+    unsafe { log::init(log_uart.base.get() as usize) };
+    defmt::info!("hypervisor starting at EL{=u64}", sysreg::current_el());
+
+    let (tree, discovered) = match (tree, discovered) {
+        (Ok(tree), Ok(Ok(discovered))) => (tree, discovered),
+        (Err(reason), _) | (_, Err(reason)) => {
+            defmt::error!("device tree at {=u64:#x}: {=str}", dtb_address, reason);
+            exit(ExitStatus::Failure);
+        }
+        (_, Ok(Err(error))) => {
+            defmt::error!(
+                "device tree at {=u64:#x} unreadable: {}",
+                dtb_address,
+                error
+            );
+            exit(ExitStatus::Failure);
+        }
+    };
+    let platform = match board::identify(&discovered) {
+        Ok(platform) => platform,
+        Err(error) => {
+            defmt::error!("unknown platform: {}", error);
+            exit(ExitStatus::Failure);
+        }
+    };
+    defmt::info!(
+        "device tree at {=u64:#x} ({=usize} bytes): {=usize} CPUs, {=usize} RAM banks",
+        dtb_address,
+        tree.len(),
+        discovered.cpu_count as usize,
+        discovered.memory.len()
+    );
+    let mut mismatches = 0u32;
+    board::for_each_mismatch(platform, &discovered, |mismatch| {
+        mismatches += 1;
+        defmt::error!(
+            "board data for {=str} does not match the device tree: {}",
+            platform.name,
+            mismatch
+        );
+    });
+    if mismatches != 0 {
+        exit(ExitStatus::Failure);
+    }
+    defmt::info!("board {=str} matches the device tree", platform.name);
+
+    let windows = PlatformWindows {
+        log_uart: platform.uart1,
+        smmu: platform.smmu.registers,
+        gic_distributor: platform.gic.distributor,
+        gic_redistributor: platform.gic.redistributors,
+        device_tree: PhysRange::new(dtb_address, tree.len() as u64),
+    };
+    install_el2_map(&windows);
+
+    let _features = probe_smmu(platform.smmu.registers);
+
+    if let Some(test) = discovered
+        .bootargs
+        .and_then(|args| option(args, "hyp.selftest"))
+    {
+        run_self_test(test, platform);
+    }
+    exit(ExitStatus::Success);
+}
+
+/// The value of `key=value` in a space-separated command line.
+fn option<'a>(command_line: &'a str, key: &str) -> Option<&'a str> {
+    command_line
+        .split_ascii_whitespace()
+        .filter_map(|word| word.split_once('='))
+        .find_map(|(k, v)| (k == key).then_some(v))
+}
+
+/// Self-tests that prove the hypervisor's own protections, selected by `hyp.selftest=NAME`.
+/// They exist to be run by `cargo xtask test`; the command line comes from the platform's boot
+/// chain, never from a guest.
+fn run_self_test(name: &str, platform: &board::Platform) {
+    match name {
+        "el2-unmapped-read" => {
+            // Guest RAM is deliberately absent from the EL2 map: this must fault.
+            let address = platform.ram_base().get() + (256 << 20);
+            defmt::warn!("self-test: reading unmapped address {=u64:#x}", address);
+            // SAFETY: deliberately unsound-looking but harmless: the address is unmapped at EL2,
+            // so the load faults before any memory is read, and the fault handler ends the run.
+            let value = unsafe { core::ptr::read_volatile(address as *const u64) };
+            defmt::error!(
+                "self-test: read {=u64:#x} from an address that should be unmapped",
+                value
+            );
+        }
+        other => defmt::error!("unknown self-test `{=str}`", other),
+    }
+    exit(ExitStatus::Failure);
+}
+
+/// Builds the EL2 map and switches to it.
+fn install_el2_map(windows: &PlatformWindows) {
+    let image = image_layout();
+    let regions = match layout::el2_regions(&image, windows) {
+        Ok(regions) => regions,
+        Err(error) => {
+            defmt::error!("EL2 layout refused: {}", error);
+            exit(ExitStatus::Failure);
+        }
+    };
+    let Some(pool) = take_table_pool() else {
+        defmt::error!("EL2 table pool already taken");
+        exit(ExitStatus::Failure);
+    };
+    let map = match layout::build_map(pool, &regions) {
+        Ok(map) => map,
+        Err(error) => {
+            defmt::error!("EL2 map: {}", error);
+            exit(ExitStatus::Failure);
+        }
+    };
+    // SAFETY: the new map is an identity map of every region the hypervisor uses from here on
+    // (its image, stacks, log UART, SMMU, GIC and device tree) with the same memory types as
+    // the initial map, so no live reference loses its mapping or changes attributes.
+    unsafe { map.activate() };
+    sysreg::invalidate_el2_tlb();
+    for region in &regions {
+        defmt::debug!("EL2 map: {}", region);
+    }
+    defmt::info!(
+        "EL2 map active: {=usize} regions, {=usize} of {=usize} tables",
+        regions.len(),
+        map.translation().used(),
+        map.translation().capacity()
+    );
+    // The EL2 map lives as long as the hypervisor; it must never be dropped while active.
+    core::mem::forget(map);
+}
+
+/// Reads, decodes and logs the physical SMMU's ID registers; stops if they make no sense.
+fn probe_smmu(registers: PhysRange) -> smmu::registers::Features {
+    // SAFETY: the SMMU's register pages are mapped as device memory by the EL2 map, are owned by
+    // the hypervisor alone, and the probe only reads ID registers, which have no side effects.
+    let window =
+        unsafe { DeviceWindow::new(registers.base.get() as usize, registers.size as usize) };
+    let smmu = SmmuRegisters(window);
+    let ids = smmu::hardware::read_id_registers(&smmu);
+    defmt::info!(
+        "SMMU at {=u64:#x}: IDR0={=u32:#010x} IDR1={=u32:#010x} IDR3={=u32:#010x} IDR5={=u32:#010x}",
+        registers.base.get(),
+        ids.idr0,
+        ids.idr1,
+        ids.idr3,
+        ids.idr5
+    );
+    let features = match smmu::registers::Features::decode(&ids) {
+        Ok(features) => features,
+        Err(error) => {
+            defmt::error!("SMMU ID registers undecodable: {}", error);
+            exit(ExitStatus::Failure);
+        }
+    };
+    let stages = match (features.s1p, features.s2p) {
+        (true, true) => "stage-1 and stage-2 (nesting possible)",
+        (true, false) => "stage-1 only",
+        (false, true) => "stage-2 only",
+        (false, false) => "no translation stages",
+    };
+    let table = match features.st_level {
+        smmu::registers::StreamTableFormat::Linear => "linear",
+        smmu::registers::StreamTableFormat::TwoLevel => "2-level",
+    };
+    defmt::info!(
+        "SMMU translation: {=str}; {=str} stream table; OAS {=u8} bits; granules 4K {=bool} 16K {=bool} 64K {=bool}; ASID16 {=bool} VMID16 {=bool}",
+        stages,
+        table,
+        features.oas.bits(),
+        features.gran4k,
+        features.gran16k,
+        features.gran64k,
+        features.asid16,
+        features.vmid16
+    );
+    defmt::info!(
+        "SMMU sizes: SIDSIZE {=u8} SSIDSIZE {=u8}; queues (log2) CMDQS {=u8} EVTQS {=u8} PRIQS {=u8}",
+        features.sidsize,
+        features.ssidsize,
+        features.cmdqs,
+        features.evtqs,
+        features.priqs
+    );
+    defmt::info!(
+        "SMMU features: ATS {=bool} PRI {=bool} MSI {=bool} stall {} HTTU {} COHACC {=bool} BTM {=bool} RIL {=bool} FWB {=bool} BBML {}",
+        features.ats,
+        features.pri,
+        features.msi,
+        features.stall_model,
+        features.httu,
+        features.cohacc,
+        features.btm,
+        features.ril,
+        features.fwb,
+        features.bbml
+    );
+    features
+}
+
+/// The SMMU's register pages as the `smmu` driver wants them. Offsets outside the window read as
+/// zero and writes to them are dropped: the driver only uses architected offsets, so that never
+/// happens, and a stray access must not reach another device.
+struct SmmuRegisters(DeviceWindow);
+
+impl smmu::hardware::RegisterAccess for SmmuRegisters {
+    fn read32(&self, offset: smmu::registers::RegisterOffset) -> u32 {
+        self.0.read32(offset.get() as usize).unwrap_or(0)
+    }
+    fn write32(&mut self, offset: smmu::registers::RegisterOffset, value: u32) {
+        let _ = self.0.write32(offset.get() as usize, value);
+    }
+    fn read64(&self, offset: smmu::registers::RegisterOffset) -> u64 {
+        self.0.read64(offset.get() as usize).unwrap_or(0)
+    }
+    fn write64(&mut self, offset: smmu::registers::RegisterOffset, value: u64) {
+        let _ = self.0.write64(offset.get() as usize, value);
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    defmt::error!("panic: {}", defmt::Display2Format(info));
+    exit(ExitStatus::Panic);
+}

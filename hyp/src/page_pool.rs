@@ -1,0 +1,84 @@
+//! A fixed pool of page-table pages for the hypervisor's own translation tables.
+//!
+//! `aarch64-paging` asks its [`Translation`] for a new table whenever a mapping needs one, and
+//! that call cannot fail. The hypervisor builds its EL2 tables once, at boot, from a pool whose
+//! size is fixed at link time, so running out is a sizing bug found by the first boot, never
+//! something a guest can cause. Tables are identity-mapped: at EL2 the hypervisor runs with
+//! VA == PA, and on the host (tests) a table's address is its own "physical" address.
+
+use aarch64_paging::descriptor::PagingAttributes;
+use aarch64_paging::descriptor::PhysicalAddress;
+use aarch64_paging::paging::{PageTable, Translation};
+use core::ptr::NonNull;
+
+/// One 4 KiB page, aligned as a translation table must be.
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+pub struct PageFrame(pub [u8; PageFrame::SIZE]);
+
+impl PageFrame {
+    /// The size of a translation granule and of one table.
+    pub const SIZE: usize = 4096;
+    /// A zeroed page, for initialising statics.
+    pub const ZEROED: Self = Self([0; Self::SIZE]);
+}
+
+impl core::fmt::Debug for PageFrame {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("PageFrame")
+    }
+}
+
+/// Hands out pages from a fixed slice, first to last; freed pages are not reused.
+///
+/// The hypervisor's own map is built once and never torn down, so a bump allocator is enough
+/// and keeps the worst case obvious: at most `capacity()` tables, ever.
+#[derive(Debug)]
+pub struct PagePool {
+    frames: &'static mut [PageFrame],
+    used: usize,
+}
+
+impl PagePool {
+    /// A pool over `frames`, which it owns from now on.
+    pub fn new(frames: &'static mut [PageFrame]) -> Self {
+        Self { frames, used: 0 }
+    }
+
+    /// How many tables the pool can hand out in all.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// How many tables have been handed out.
+    #[must_use]
+    pub fn used(&self) -> usize {
+        self.used
+    }
+}
+
+impl<A: PagingAttributes> Translation<A> for PagePool {
+    #[allow(clippy::panic, reason = "the trait cannot fail; see the message")]
+    fn allocate_table(&mut self) -> (NonNull<PageTable<A>>, PhysicalAddress) {
+        let Some(frame) = self.frames.get_mut(self.used) else {
+            // Only reachable while building the boot-time map from fixed board data: the pool
+            // is too small for this platform's layout. A guest can never get here.
+            panic!("EL2 page-table pool exhausted ({} tables)", self.used);
+        };
+        self.used += 1;
+        *frame = PageFrame::ZEROED;
+        let table = NonNull::from(frame).cast::<PageTable<A>>();
+        (table, PhysicalAddress(table.as_ptr() as usize))
+    }
+
+    unsafe fn deallocate_table(&mut self, _page_table: NonNull<PageTable<A>>) {
+        // Bump allocation: the page stays consumed. `compact_subtables` is never called on the
+        // hypervisor's map, so this does not happen in practice.
+    }
+
+    fn physical_to_virtual(&self, pa: PhysicalAddress) -> NonNull<PageTable<A>> {
+        // Identity mapping; a table address is never zero because it came from `allocate_table`.
+        NonNull::new(pa.0 as *mut PageTable<A>).unwrap_or(NonNull::dangling())
+    }
+}

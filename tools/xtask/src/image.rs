@@ -1,0 +1,147 @@
+//! Building the hypervisor image for `aarch64-unknown-none`: the ELF (for QEMU and the log
+//! decoder) and a raw binary (for loaders that want one, such as TF-A's BL33 on FVP).
+
+use crate::setup::{self, CrossToolchain, Tools};
+use crate::{Result, workspace_root};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+/// The bare-metal target.
+pub(crate) const TARGET: &str = "aarch64-unknown-none";
+
+/// A built image.
+#[derive(Clone, Debug)]
+pub(crate) struct Image {
+    /// The ELF, with the defmt symbol table.
+    pub(crate) elf: PathBuf,
+    /// The loadable segments as one flat binary, starting at the image base.
+    pub(crate) bin: PathBuf,
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub(crate) struct BuildOptions {
+    /// The defmt filter compiled in (`DEFMT_LOG`).
+    pub(crate) log_level: String,
+    /// The address the image is linked at (`HYP_IMAGE_BASE`), if not the QEMU virt default.
+    pub(crate) image_base: Option<u64>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            image_base: None,
+        }
+    }
+}
+
+/// `cargo xtask build [--board B] [--log-level L]`.
+pub(crate) fn build_command(args: &[String]) -> Result<ExitCode> {
+    let mut options = BuildOptions::default();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--board" => {
+                let board = args.next().ok_or("--board needs a value")?;
+                options.image_base = crate::runner::Board::parse(board)?.image_base();
+            }
+            "--log-level" => {
+                options.log_level = args.next().ok_or("--log-level needs a value")?.clone()
+            }
+            other => return Err(format!("build: unknown option `{other}`").into()),
+        }
+    }
+    let tools = setup::ensure()?;
+    let image = build(&tools, &options)?;
+    println!(
+        "xtask: built {}\nxtask: built {}",
+        image.elf.display(),
+        image.bin.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the hypervisor with the cross toolchain found by setup.
+pub(crate) fn build(tools: &Tools, options: &BuildOptions) -> Result<Image> {
+    let root = workspace_root();
+    let mut command = match &tools.cross {
+        CrossToolchain::RustupTarget => {
+            let mut command =
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            command.args(["build", "--target", TARGET]);
+            command
+        }
+        CrossToolchain::DebianBuildStd { cargo, rustc } => {
+            let mut command = Command::new(cargo);
+            command.args([
+                "build",
+                "--target",
+                TARGET,
+                "-Zbuild-std=core,alloc,compiler_builtins",
+                "-Zbuild-std-features=compiler-builtins-mem",
+            ]);
+            // Debian's compiler, not rustup's proxy (which has no aarch64 target), throughout.
+            let path = std::env::var("PATH").unwrap_or_default();
+            command
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("RUSTC", rustc)
+                .env("PATH", format!("/usr/bin:{path}"))
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .env_remove("RUSTDOC")
+                .env_remove("CARGO");
+            command
+        }
+    };
+    command
+        .current_dir(&root)
+        .args(["--release", "--package", "hyp", "--bin", "hyp"]);
+    command.env("DEFMT_LOG", &options.log_level);
+    match options.image_base {
+        Some(base) => command.env("HYP_IMAGE_BASE", format!("{base:#x}")),
+        None => command.env_remove("HYP_IMAGE_BASE"),
+    };
+    let status = command.status().map_err(|e| format!("cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building the hypervisor failed ({status})").into());
+    }
+    let elf = root.join("target").join(TARGET).join("release").join("hyp");
+    let bin = elf.with_extension("bin");
+    write_raw_binary(&std::fs::read(&elf)?, &bin)?;
+    Ok(Image { elf, bin })
+}
+
+/// Writes the ELF's loadable contents as a flat binary starting at the lowest load address.
+fn write_raw_binary(elf: &[u8], out: &std::path::Path) -> Result<()> {
+    use object::{Object, ObjectSegment};
+    let file = object::File::parse(elf)?;
+    let segments: Vec<(u64, &[u8])> = file
+        .segments()
+        .filter_map(|s| {
+            s.data()
+                .ok()
+                .filter(|d| !d.is_empty())
+                .map(|d| (s.address(), d))
+        })
+        .collect();
+    let base = segments
+        .iter()
+        .map(|(a, _)| *a)
+        .min()
+        .ok_or("the ELF has no loadable data")?;
+    let end = segments
+        .iter()
+        .map(|(a, d)| a + d.len() as u64)
+        .max()
+        .unwrap_or(base);
+    let mut image = vec![0u8; usize::try_from(end - base)?];
+    for (address, data) in segments {
+        let start = usize::try_from(address - base)?;
+        image
+            .get_mut(start..start + data.len())
+            .ok_or("segment outside the image")?
+            .copy_from_slice(data);
+    }
+    std::fs::write(out, image)?;
+    Ok(())
+}
