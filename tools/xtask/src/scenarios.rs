@@ -96,7 +96,11 @@ pub(crate) fn check(
     // (several may share a line).
     let mut from = 0;
     for expected in scenario.expect_log {
-        match log.iter().skip(from).position(|line| line.contains(expected)) {
+        match log
+            .iter()
+            .skip(from)
+            .position(|line| line.contains(expected))
+        {
             Some(offset) => from += offset,
             None => return Err(format!("log lacks `{expected}` (in order)")),
         }
