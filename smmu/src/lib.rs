@@ -21,6 +21,7 @@ const _: () = assert!(cfg!(target_endian = "little"));
 mod bits;
 pub mod cd;
 pub mod command;
+pub mod driver;
 pub mod event;
 pub mod field;
 pub mod hardware;
