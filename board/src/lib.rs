@@ -10,6 +10,8 @@
 //! - [`discovery`]: [`discover`] reads a DTB into a [`Discovered`], bounded and panic-free.
 //! - [`cross_check`](mod@cross_check): [`identify`] picks the platform a DTB names, and [`cross_check()`]
 //!   reports each [`Mismatch`] between the board data and the DTB.
+//! - [`guest_tree`]: [`build_guest_tree`] derives the guest's DTB from the platform's: the
+//!   guest's RAM, the hypervisor's devices removed, `/chosen` set.
 //! - [`stream_ids`]: requester IDs, bus ranges and the `iommu-map` arithmetic that gives
 //!   the stream IDs a host bridge occupies.
 //! - [`interrupt`]: GIC interrupt specifiers.
@@ -30,6 +32,7 @@
 
 pub mod cross_check;
 pub mod discovery;
+pub mod guest_tree;
 pub mod interrupt;
 pub mod platform;
 pub mod stream_ids;
@@ -41,6 +44,7 @@ pub use crate::discovery::{
     BlobError, Discovered, DiscoveredGic, DiscoveredPcieHost, DiscoveredSmmu, DiscoveryError,
     NodeKind, blob_size, discover,
 };
+pub use crate::guest_tree::{GuestTreeEdits, GuestTreeError, IpaRange, build_guest_tree};
 pub use crate::interrupt::{Interrupt, InterruptKind, Trigger};
 pub use crate::platform::{
     FVP_BASE_REVC, Gic, PLATFORMS, PcieHost, Platform, PsciConduit, QEMU_VIRT, Smmu,
