@@ -14,10 +14,10 @@ use crate::arch::{
     power::{ExitStatus, exit},
     sysreg, vectors,
 };
+use crate::cmdline::CommandLine;
 use crate::layout::{self, ImageLayout, PlatformWindows};
-use crate::page_pool::{PageFrame, PagePool};
-use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, Ordering};
+use crate::page_pool::{PagePool, StaticFrames};
+use aarch64_paging::{Mapping, paging::El2};
 use smmu::PhysRange;
 
 /// The largest device tree the hypervisor accepts (QEMU's is at most 1 MiB).
@@ -26,27 +26,7 @@ const MAX_DEVICE_TREE_SIZE: u64 = 2 << 20;
 /// Tables for the EL2 map. The map covers a handful of regions; 16 tables leave ample room.
 const EL2_TABLE_POOL_PAGES: usize = 16;
 
-struct TablePool {
-    frames: UnsafeCell<[PageFrame; EL2_TABLE_POOL_PAGES]>,
-    taken: AtomicBool,
-}
-
-// SAFETY: the frames are handed out at most once, guarded by `taken` (see `take_table_pool`).
-unsafe impl Sync for TablePool {}
-
-static EL2_TABLES: TablePool = TablePool {
-    frames: UnsafeCell::new([PageFrame::ZEROED; EL2_TABLE_POOL_PAGES]),
-    taken: AtomicBool::new(false),
-};
-
-/// The EL2 table pool, the first time it is asked for; `None` after that.
-fn take_table_pool() -> Option<PagePool> {
-    if EL2_TABLES.taken.swap(true, Ordering::AcqRel) {
-        return None;
-    }
-    // SAFETY: `taken` was false, so this is the only reference ever made to the frames.
-    Some(PagePool::new(unsafe { &mut *EL2_TABLES.frames.get() }))
-}
+static EL2_TABLES: StaticFrames<EL2_TABLE_POOL_PAGES> = StaticFrames::new();
 
 unsafe extern "C" {
     // Section boundaries defined by `aarch64-rt`'s `image.ld`; each is page-aligned there.
@@ -93,6 +73,7 @@ fn device_tree_at(address: u64) -> Result<&'static [u8], &'static str> {
 /// The primary CPU's entry from `aarch64-rt`, with the MMU on and the boot stack set.
 pub fn primary_main(x0: u64) -> ! {
     vectors::install();
+    crate::arch::guest::claim_boot_cpu();
     // Until the device tree names the platform, QEMU virt's data is the best guess: it gives
     // the device tree's default address and the UART on which to report a bad tree.
     let fallback = &board::QEMU_VIRT;
@@ -157,32 +138,93 @@ pub fn primary_main(x0: u64) -> ! {
     }
     defmt::info!("board {=str} matches the device tree", platform.name);
 
+    let command_line = match CommandLine::parse(discovered.bootargs.unwrap_or("")) {
+        Ok(line) => line,
+        Err(error) => {
+            defmt::error!("hypervisor command line refused: {}", error);
+            exit(ExitStatus::Failure);
+        }
+    };
+    let Some(&first_bank) = discovered.memory.first() else {
+        defmt::error!("no RAM in the device tree");
+        exit(ExitStatus::Failure);
+    };
+    let guest_ram = guest_ram(first_bank);
     let windows = PlatformWindows {
         log_uart: platform.uart1,
         smmu: platform.smmu.registers,
         gic_distributor: platform.gic.distributor,
         gic_redistributor: platform.gic.redistributors,
         device_tree: PhysRange::new(dtb_address, tree.len() as u64),
+        guest_boot: command_line
+            .guest
+            .and(guest_ram)
+            .map(|ram| PhysRange::new(ram.base.get(), GUEST_BOOT_WINDOW_SIZE)),
     };
-    install_el2_map(&windows);
+    let mut el2_map = install_el2_map(&windows);
+    BOOT_TREE.call_once(|| (tree, fingerprint(tree)));
 
     let _features = probe_smmu(platform.smmu.registers);
+    // From here on no stream bypasses: GBPA aborts and every STE is invalid until a stream is
+    // given to a guest.
+    if let Err(error) = crate::arch::smmu::bring_up(platform.smmu.registers) {
+        defmt::error!("SMMU bring-up failed: {}", error);
+        exit(ExitStatus::Failure);
+    }
 
-    if let Some(test) = discovered
-        .bootargs
-        .and_then(|args| option(args, "hyp.selftest"))
-    {
+    if let Some(test) = command_line.selftest {
         run_self_test(test, platform);
     }
-    exit(ExitStatus::Success);
+    let Some(guest) = command_line.guest else {
+        defmt::info!("no guest on the command line (hyp.guest=...): done");
+        exit(ExitStatus::Success);
+    };
+    let Some(guest_ram) = guest_ram else {
+        defmt::error!("RAM bank {} leaves no room for a guest", first_bank);
+        exit(ExitStatus::Failure);
+    };
+    crate::guest_boot::boot(crate::guest_boot::GuestBoot {
+        kind: guest,
+        command_line: &command_line,
+        platform,
+        discovered: &discovered,
+        source_tree: tree,
+        ram: guest_ram,
+        hypervisor_carve_out: PhysRange::new(first_bank.base.get(), HYPERVISOR_CARVE_OUT),
+        el2_map: &mut el2_map,
+    })
 }
 
-/// The value of `key=value` in a space-separated command line.
-fn option<'a>(command_line: &'a str, key: &str) -> Option<&'a str> {
-    command_line
-        .split_ascii_whitespace()
-        .filter_map(|word| word.split_once('='))
-        .find_map(|(k, v)| (k == key).then_some(v))
+/// A fingerprint of the boot device tree, which stays in the hypervisor's carve-out: if it
+/// changes, something wrote hypervisor memory (the DMA-isolation scenarios aim devices at it).
+static BOOT_TREE: spin::Once<(&'static [u8], u64)> = spin::Once::new();
+
+/// FNV-1a over `bytes`.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Checks that the boot device tree is as it was at boot; `false` means hypervisor memory was
+/// written by someone who should not have.
+pub fn boot_tree_intact() -> bool {
+    BOOT_TREE
+        .get()
+        .is_none_or(|(tree, hash)| fingerprint(tree) == *hash)
+}
+
+/// The hypervisor's carve-out at the start of RAM: the boot device tree, the image and its
+/// pools (see `hyp/build.rs`). Guest RAM starts right after it.
+pub const HYPERVISOR_CARVE_OUT: u64 = 32 << 20;
+
+/// The guest boot window's size: the guest's device tree goes there.
+pub const GUEST_BOOT_WINDOW_SIZE: u64 = 2 << 20;
+
+/// The guest's RAM: the first bank minus the hypervisor's carve-out, if anything is left.
+fn guest_ram(bank: PhysRange) -> Option<PhysRange> {
+    let start = bank.base.get().checked_add(HYPERVISOR_CARVE_OUT)?;
+    (bank.end() > start + GUEST_BOOT_WINDOW_SIZE).then(|| PhysRange::new(start, bank.end() - start))
 }
 
 /// Self-tests that prove the hypervisor's own protections, selected by `hyp.selftest=NAME`.
@@ -208,7 +250,7 @@ fn run_self_test(name: &str, platform: &board::Platform) {
 }
 
 /// Builds the EL2 map and switches to it.
-fn install_el2_map(windows: &PlatformWindows) {
+fn install_el2_map(windows: &PlatformWindows) -> Mapping<PagePool, El2> {
     let image = image_layout();
     let regions = match layout::el2_regions(&image, windows) {
         Ok(regions) => regions,
@@ -217,7 +259,7 @@ fn install_el2_map(windows: &PlatformWindows) {
             exit(ExitStatus::Failure);
         }
     };
-    let Some(pool) = take_table_pool() else {
+    let Some(pool) = EL2_TABLES.take() else {
         defmt::error!("EL2 table pool already taken");
         exit(ExitStatus::Failure);
     };
@@ -242,8 +284,8 @@ fn install_el2_map(windows: &PlatformWindows) {
         map.translation().used(),
         map.translation().capacity()
     );
-    // The EL2 map lives as long as the hypervisor; it must never be dropped while active.
-    core::mem::forget(map);
+    crate::arch::guest::set_el2_root(map.root_address().0 as u64);
+    map
 }
 
 /// Reads, decodes and logs the physical SMMU's ID registers; stops if they make no sense.

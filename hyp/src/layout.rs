@@ -106,6 +106,9 @@ pub struct PlatformWindows {
     pub gic_redistributor: PhysRange,
     /// The flattened device tree the hypervisor was booted with.
     pub device_tree: PhysRange,
+    /// A window of guest RAM the hypervisor writes the guest's boot inputs into (its device
+    /// tree), read-write, unmapped again before the guest runs.
+    pub guest_boot: Option<PhysRange>,
 }
 
 /// Why a layout was refused.
@@ -123,10 +126,15 @@ pub enum LayoutError {
     Overlap(&'static str, &'static str),
     /// The table builder refused a range.
     Map(&'static str),
+    /// More regions than [`MAX_REGIONS`].
+    TooManyRegions,
 }
 
+/// The name of the guest boot window's region.
+pub const GUEST_BOOT_WINDOW: &str = "guest boot window";
+
 /// The most regions the map can hold.
-pub const MAX_REGIONS: usize = 8;
+pub const MAX_REGIONS: usize = 12;
 
 /// The list of regions, checked.
 pub type Regions = heapless::Vec<Region, MAX_REGIONS>;
@@ -166,6 +174,14 @@ pub fn el2_regions(image: &ImageLayout, windows: &PlatformWindows) -> Result<Reg
     ];
     for (name, range, kind) in window_regions {
         push(&mut regions, name, range, kind)?;
+    }
+    if let Some(window) = windows.guest_boot {
+        push(
+            &mut regions,
+            GUEST_BOOT_WINDOW,
+            window,
+            RegionKind::ReadWrite,
+        )?;
     }
     for (index, a) in regions.iter().enumerate() {
         for b in regions.iter().skip(index + 1) {
@@ -253,6 +269,7 @@ mod tests {
             gic_distributor: PhysRange::new(0x0800_0000, 0x1_0000),
             gic_redistributor: PhysRange::new(0x080a_0000, 0xf6_0000),
             device_tree: PhysRange::new(0x4000_0000, 0x1_2345),
+            guest_boot: Some(PhysRange::new(0x4200_0000, 0x20_0000)),
         }
     }
 

@@ -8,11 +8,18 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod cmdline;
 pub mod exception;
 pub mod layout;
+pub mod mmio;
 pub mod page_pool;
+pub mod psci;
+pub mod stage2;
+pub mod stats;
 
 #[cfg(target_os = "none")]
 pub mod arch;
 #[cfg(target_os = "none")]
 pub mod boot;
+#[cfg(target_os = "none")]
+pub mod guest_boot;

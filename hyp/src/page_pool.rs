@@ -9,7 +9,9 @@
 use aarch64_paging::descriptor::PagingAttributes;
 use aarch64_paging::descriptor::PhysicalAddress;
 use aarch64_paging::paging::{PageTable, Translation};
+use core::cell::UnsafeCell;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// One 4 KiB page, aligned as a translation table must be.
 #[derive(Clone, Copy)]
@@ -80,5 +82,50 @@ impl<A: PagingAttributes> Translation<A> for PagePool {
     fn physical_to_virtual(&self, pa: PhysicalAddress) -> NonNull<PageTable<A>> {
         // Identity mapping; a table address is never zero because it came from `allocate_table`.
         NonNull::new(pa.0 as *mut PageTable<A>).unwrap_or(NonNull::dangling())
+    }
+}
+
+/// `N` page frames in a static, handed out once as a [`PagePool`].
+///
+/// Each table pool of the hypervisor (its EL2 map, a guest's stage 2, the SMMU's stage 2) is one
+/// of these, sized at build time: the sizes are the whole memory budget for tables.
+pub struct StaticFrames<const N: usize> {
+    frames: UnsafeCell<[PageFrame; N]>,
+    taken: AtomicBool,
+}
+
+// SAFETY: the frames are reachable only through `take`, which hands them out at most once.
+unsafe impl<const N: usize> Sync for StaticFrames<N> {}
+
+impl<const N: usize> StaticFrames<N> {
+    /// `N` zeroed frames, not yet taken.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            frames: UnsafeCell::new([PageFrame::ZEROED; N]),
+            taken: AtomicBool::new(false),
+        }
+    }
+
+    /// The frames as a pool, the first time; `None` after that.
+    pub fn take(&'static self) -> Option<PagePool> {
+        if self.taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: `taken` was false, so no other reference to the frames was ever made, and the
+        // swap above makes sure none will be.
+        Some(PagePool::new(unsafe { &mut *self.frames.get() }))
+    }
+}
+
+impl<const N: usize> Default for StaticFrames<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> core::fmt::Debug for StaticFrames<N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "StaticFrames<{N}>")
     }
 }

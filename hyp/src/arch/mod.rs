@@ -3,8 +3,10 @@
 //! Each `unsafe` block here carries a `SAFETY:` comment naming the invariant it relies on and
 //! who established it.
 
+pub mod guest;
 pub mod log;
 pub mod mmio;
 pub mod power;
+pub mod smmu;
 pub mod sysreg;
 pub mod vectors;

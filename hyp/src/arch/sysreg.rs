@@ -69,3 +69,23 @@ pub fn invalidate_el2_tlb() {
         )
     };
 }
+
+/// Cleans and invalidates the data cache over `[start, start + size)` to the point of
+/// coherency, so that an observer with caches off (a guest booting with its MMU off) sees it.
+pub fn clean_dcache_range(start: usize, size: usize) {
+    let line = {
+        let ctr: u64;
+        // SAFETY: reading CTR_EL0 has no side effects.
+        unsafe { asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags)) };
+        4usize << ((ctr >> 16) & 0xf)
+    };
+    let mut address = start & !(line - 1);
+    while address < start + size {
+        // SAFETY: data cache maintenance by address changes no memory contents; the range is
+        // mapped (the caller's window) so the operation cannot fault.
+        unsafe { asm!("dc civac, {}", in(reg) address, options(nostack, preserves_flags)) };
+        address += line;
+    }
+    // SAFETY: a barrier has no effect on memory contents.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}

@@ -170,9 +170,17 @@ pub fn install() {
 #[unsafe(no_mangle)]
 extern "C" fn hyp_handle_exception(frame: &mut TrapFrame, index: u64) {
     let kind = VectorKind::from_index(index);
-    // Guests do not exist yet: every exception is unexpected. Report it fully and stop.
-    report_unexpected(kind, frame);
-    exit(ExitStatus::UnexpectedException);
+    match kind {
+        VectorKind::SyncLower => super::guest::handle_sync_lower(frame),
+        VectorKind::IrqLower | VectorKind::FiqLower | VectorKind::SErrorLower => {
+            super::guest::handle_async_lower()
+        }
+        // Anything taken at EL2 itself is a hypervisor bug: report it fully and stop.
+        _ => {
+            report_unexpected(kind, frame);
+            exit(ExitStatus::UnexpectedException);
+        }
+    }
 }
 
 /// Logs an exception with its decoded syndrome.

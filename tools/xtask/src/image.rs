@@ -64,6 +64,25 @@ pub(crate) fn build_command(args: &[String]) -> Result<ExitCode> {
 
 /// Builds the hypervisor with the cross toolchain found by setup.
 pub(crate) fn build(tools: &Tools, options: &BuildOptions) -> Result<Image> {
+    build_binary(tools, "hyp", options)
+}
+
+/// Builds the bare-metal test guest.
+pub(crate) fn build_test_guest(tools: &Tools) -> Result<Image> {
+    build_binary(tools, "test-guest", &BuildOptions::default())
+}
+
+/// The entry point of an ELF image.
+pub(crate) fn elf_entry(elf: &std::path::Path) -> Result<u64> {
+    use object::Object;
+    let data = std::fs::read(elf)?;
+    Ok(object::File::parse(&*data)?.entry())
+}
+
+/// Builds `package`'s binary of the same name for the bare-metal target. Each package is built
+/// in its own cargo invocation: the hypervisor and the guest enable different, exclusive
+/// `aarch64-rt` features (`el2`, `el1`), which one invocation would unify.
+fn build_binary(tools: &Tools, package: &str, options: &BuildOptions) -> Result<Image> {
     let root = workspace_root();
     let mut command = match &tools.cross {
         CrossToolchain::RustupTarget => {
@@ -95,7 +114,7 @@ pub(crate) fn build(tools: &Tools, options: &BuildOptions) -> Result<Image> {
     };
     command
         .current_dir(&root)
-        .args(["--release", "--package", "hyp", "--bin", "hyp"]);
+        .args(["--release", "--package", package, "--bin", package]);
     command.env("DEFMT_LOG", &options.log_level);
     match options.image_base {
         Some(base) => command.env("HYP_IMAGE_BASE", format!("{base:#x}")),
@@ -103,9 +122,13 @@ pub(crate) fn build(tools: &Tools, options: &BuildOptions) -> Result<Image> {
     };
     let status = command.status().map_err(|e| format!("cargo: {e}"))?;
     if !status.success() {
-        return Err(format!("building the hypervisor failed ({status})").into());
+        return Err(format!("building {package} failed ({status})").into());
     }
-    let elf = root.join("target").join(TARGET).join("release").join("hyp");
+    let elf = root
+        .join("target")
+        .join(TARGET)
+        .join("release")
+        .join(package);
     let bin = elf.with_extension("bin");
     write_raw_binary(&std::fs::read(&elf)?, &bin)?;
     Ok(Image { elf, bin })

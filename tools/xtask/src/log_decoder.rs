@@ -78,10 +78,19 @@ pub(crate) fn decode_stream(
     }
 }
 
+/// Whether the guest console last printed a partial line: a `[hyp]` line then starts on a
+/// fresh line so the two streams never share one.
+pub(crate) static CONSOLE_MID_LINE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 fn record(log: &Arc<Mutex<HypLog>>, line: String, echo: bool) {
     if echo {
-        println!("[hyp] {line}");
-        let _ = std::io::stdout().flush();
+        let mut out = std::io::stdout().lock();
+        if CONSOLE_MID_LINE.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            let _ = writeln!(out);
+        }
+        let _ = writeln!(out, "[hyp] {line}");
+        let _ = out.flush();
     }
     let mut log = log
         .lock()

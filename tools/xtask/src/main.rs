@@ -7,6 +7,7 @@
 //! - `test`: host tests of every crate, then the QEMU scenarios, with a closing summary line.
 
 mod image;
+mod linux;
 mod log_decoder;
 mod runner;
 mod scenarios;
@@ -23,12 +24,21 @@ commands:
                         cross toolchain and dtc; prints what it installs and why
   build [--board B]     build the hypervisor image (ELF and raw binary) under target/
   run [options] [-- <extra QEMU arguments>]
-                        boot the hypervisor, decode its log live, exit with its status
+                        boot the hypervisor and a guest (by default an unmodified Debian arm64
+                        kernel with a busybox initramfs doing virtio-blk I/O; the bare-metal test
+                        guest when no kernel can be fetched), decode its log live, exit with its status
+      --kernel IMAGE --initrd FILE [--append ARGS]   a Linux guest of your own
+      --guest ELF                  a bare-metal guest (entered at its ELF entry point)
+      --test-guest                 the project's bare-metal test guest
+      --no-guest                   the hypervisor alone
+      --smp N                      CPUs, and so at most vCPUs (default 2)
+      --mem SIZE                   machine RAM, as QEMU's -m (default 1G)
       --board qemu-virt|fvp-base   platform (default qemu-virt; fvp-base needs FVP_BASE_MODEL)
       --gdb                        QEMU waits for a debugger on localhost:1234 (no timeout)
       --timeout SECONDS            stop the run after this long (default 120)
       --hyp-args ARGS              the hypervisor's command line (e.g. hyp.selftest=...)
       --log-level LEVEL            defmt level compiled in: trace|debug|info|warn|error (default info)
+  decode ELF LOG        decode a raw defmt log written by the image ELF
   test [--list] [NAME...]
                         host tests of every crate and the QEMU scenarios; NAME selects a subset
                         (`host` is the host tests)
@@ -48,6 +58,7 @@ fn main() -> ExitCode {
         "build" => image::build_command(rest),
         "run" => runner::run_command(rest),
         "test" => test::test_command(rest),
+        "decode" => decode_command(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -64,6 +75,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask decode ELF LOG`: decodes a raw defmt log (a scenario's `.defmt`, an FVP UART
+/// capture) with the symbols of the image that wrote it.
+fn decode_command(args: &[String]) -> Result<ExitCode> {
+    let [elf, log] = args else {
+        return Err("usage: cargo xtask decode ELF LOG".into());
+    };
+    let table = log_decoder::load_table(&std::fs::read(elf)?)?;
+    let log_state = std::sync::Arc::new(std::sync::Mutex::new(log_decoder::HypLog::default()));
+    log_decoder::decode_stream(&table, std::fs::File::open(log)?, &log_state, true, None);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The workspace root (the parent of `tools/xtask`).

@@ -44,10 +44,37 @@ impl Board {
     }
 }
 
+/// Where the guest kernel is loaded (2 MiB aligned, above the guest's device-tree window).
+pub(crate) const LINUX_IMAGE_ADDRESS: u64 = 0x4400_0000;
+/// Where the initramfs is loaded: 128 MiB above the kernel, room for any arm64 Image.
+pub(crate) const INITRD_ADDRESS: u64 = 0x4c00_0000;
+
+/// What the hypervisor boots at EL1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Guest {
+    /// Nothing: the hypervisor boots, checks and powers off.
+    None,
+    /// A bare-metal ELF (the test guest), entered at its entry point.
+    BareMetal { elf: PathBuf },
+    /// An arm64 Linux `Image`, an initramfs, the kernel's command line, and a disk for
+    /// virtio-blk.
+    Linux {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: String,
+        disk: Option<PathBuf>,
+    },
+}
+
 /// How to run.
 #[derive(Clone, Debug)]
 pub(crate) struct RunOptions {
     pub(crate) board: Board,
+    pub(crate) guest: Guest,
+    /// CPUs (and so at most vCPUs).
+    pub(crate) smp: u32,
+    /// Machine RAM, as QEMU's `-m` takes it.
+    pub(crate) memory: String,
     pub(crate) gdb: bool,
     pub(crate) timeout: Duration,
     /// The hypervisor's command line (`/chosen/bootargs` of the tree it boots with).
@@ -63,6 +90,9 @@ impl Default for RunOptions {
     fn default() -> Self {
         Self {
             board: Board::QemuVirt,
+            guest: Guest::None,
+            smp: 2,
+            memory: "1G".into(),
             gdb: false,
             timeout: Duration::from_secs(120),
             hyp_args: None,
@@ -116,10 +146,25 @@ impl RunOutcome {
     }
 }
 
+/// The guest `run` was asked for.
+enum GuestChoice {
+    None,
+    Elf(PathBuf),
+    TestGuest,
+    Linux {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        append: Option<String>,
+    },
+    DebianLinux,
+}
+
 /// `cargo xtask run [options] [-- extra QEMU args]`.
 pub(crate) fn run_command(args: &[String]) -> Result<ExitCode> {
     let mut options = RunOptions::default();
     let mut build = BuildOptions::default();
+    let mut guest_choice = GuestChoice::DebianLinux;
+    let (mut kernel, mut initrd, mut append) = (None, None, None);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -132,6 +177,14 @@ pub(crate) fn run_command(args: &[String]) -> Result<ExitCode> {
             "--gdb" => options.gdb = true,
             "--timeout" => options.timeout = Duration::from_secs(value()?.parse()?),
             "--hyp-args" => options.hyp_args = Some(value()?),
+            "--smp" => options.smp = value()?.parse()?,
+            "--mem" => options.memory = value()?,
+            "--guest" => guest_choice = GuestChoice::Elf(PathBuf::from(value()?)),
+            "--test-guest" => guest_choice = GuestChoice::TestGuest,
+            "--no-guest" => guest_choice = GuestChoice::None,
+            "--kernel" => kernel = Some(PathBuf::from(value()?)),
+            "--initrd" => initrd = Some(PathBuf::from(value()?)),
+            "--append" => append = Some(value()?),
             "--log-level" => build.log_level = value()?,
             "--" => {
                 options.extra_qemu_args.extend(args.by_ref().cloned());
@@ -142,9 +195,58 @@ pub(crate) fn run_command(args: &[String]) -> Result<ExitCode> {
     build.image_base = options.board.image_base();
     let tools = setup::ensure()?;
     let image = image::build(&tools, &build)?;
+    if let Some(kernel) = kernel {
+        let initrd = initrd.ok_or("--kernel needs --initrd")?;
+        guest_choice = GuestChoice::Linux {
+            kernel,
+            initrd,
+            append,
+        };
+    }
+    options.guest = match guest_choice {
+        GuestChoice::None => Guest::None,
+        GuestChoice::Elf(elf) => Guest::BareMetal { elf },
+        GuestChoice::TestGuest => Guest::BareMetal {
+            elf: image::build_test_guest(&tools)?.elf,
+        },
+        GuestChoice::Linux {
+            kernel,
+            initrd,
+            append,
+        } => Guest::Linux {
+            kernel,
+            initrd,
+            append: append.unwrap_or_else(|| crate::linux::KERNEL_COMMAND_LINE.into()),
+            disk: None,
+        },
+        GuestChoice::DebianLinux => match debian_linux_guest() {
+            Ok(guest) => guest,
+            Err(error) => {
+                println!(
+                    "xtask: no Debian kernel ({error}); falling back to the bare-metal test guest"
+                );
+                Guest::BareMetal {
+                    elf: image::build_test_guest(&tools)?.elf,
+                }
+            }
+        },
+    };
     options.raw_log = Some(crate::workspace_root().join("target/xtask/last-run.defmt"));
     let outcome = run(&tools, &image, &options)?;
-    let code = outcome.exit_code();
+    let mut code = outcome.exit_code();
+    // Both guests print a `GUEST VERDICT:` line; a failing guest fails the run even when the
+    // hypervisor itself ended cleanly.
+    match crate::linux::find_verdict(&outcome.console) {
+        Some(crate::linux::GuestVerdict::Pass(details)) => {
+            println!("xtask: guest verdict: PASS {details}")
+        }
+        Some(crate::linux::GuestVerdict::Fail(reason)) => {
+            println!("xtask: guest verdict: FAIL {reason}");
+            code = code.max(1);
+        }
+        None if options.guest != Guest::None => println!("xtask: the guest printed no verdict"),
+        None => {}
+    }
     println!("xtask: {} (exit code {code})", outcome.verdict());
     Ok(ExitCode::from(code))
 }
@@ -158,14 +260,27 @@ pub(crate) fn qemu_command(
 ) -> Command {
     let mut command = Command::new(&tools.qemu);
     command
+        // SME is not offered to guests (CPTR_EL2.TSM traps it), so the CPU must not advertise it.
         .args([
             "-M",
             "virt,virtualization=on,iommu=smmuv3,gic-version=3",
             "-cpu",
-            "max",
+            "max,sme=off",
         ])
-        .args(["-smp", "2", "-m", "1G"])
-        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .arg("-smp")
+        .arg(options.smp.to_string())
+        .arg("-m")
+        .arg(&options.memory)
+        // No default NIC: PCI slot 1 stays free for the tests' `edu` device (stream ID 8).
+        .args([
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-nic",
+            "none",
+        ])
         // UART0: the guest console, on our stdio. UART1: the hypervisor's log, to our socket.
         .args([
             "-chardev",
@@ -181,8 +296,47 @@ pub(crate) fn qemu_command(
         .args(["-serial", "chardev:hyplog"])
         .arg("-kernel")
         .arg(&image.elf);
-    if let Some(hyp_args) = &options.hyp_args {
-        command.arg("-append").arg(hyp_args);
+    let mut hyp_args: Vec<String> = options.hyp_args.iter().cloned().collect();
+    match &options.guest {
+        Guest::None => {}
+        Guest::BareMetal { elf } => {
+            command
+                .arg("-device")
+                .arg(format!("loader,file={}", elf.display()));
+            let entry = crate::image::elf_entry(elf).unwrap_or(0);
+            hyp_args.push(format!("hyp.guest=elf hyp.guest.entry={entry:#x}"));
+        }
+        Guest::Linux {
+            kernel,
+            initrd,
+            append,
+            disk,
+        } => {
+            let initrd_size = std::fs::metadata(initrd).map(|m| m.len()).unwrap_or(0);
+            command
+                .arg("-device")
+                .arg(format!(
+                    "loader,file={},addr={LINUX_IMAGE_ADDRESS:#x},force-raw=on",
+                    kernel.display()
+                ))
+                .arg("-device")
+                .arg(format!(
+                    "loader,file={},addr={INITRD_ADDRESS:#x},force-raw=on",
+                    initrd.display()
+                ));
+            if let Some(disk) = disk {
+                command.args(crate::linux::qemu_disk_args(disk));
+            }
+            hyp_args.push(format!(
+                "hyp.guest=linux hyp.guest.image={LINUX_IMAGE_ADDRESS:#x} hyp.initrd={INITRD_ADDRESS:#x},{:#x} -- {append}",
+                INITRD_ADDRESS + initrd_size
+            ));
+        }
+    }
+    if !hyp_args.is_empty() {
+        // The hypervisor's own options first; a guest command line (after `--`) last.
+        hyp_args.sort_by_key(|a| a.contains(" -- "));
+        command.arg("-append").arg(hyp_args.join(" "));
     }
     if options.gdb {
         command.args(["-s", "-S"]);
@@ -280,6 +434,8 @@ fn run_qemu(tools: &Tools, image: &Image, options: &RunOptions) -> Result<RunOut
                     let mut out = std::io::stdout().lock();
                     let _ = out.write_all(bytes);
                     let _ = out.flush();
+                    let mid_line = bytes.last().is_some_and(|&b| b != b'\n');
+                    log_decoder::CONSOLE_MID_LINE.store(mid_line, Ordering::Release);
                 }
                 console.extend_from_slice(bytes);
             }
@@ -399,5 +555,24 @@ fn run_fvp(image: &Image, options: &RunOptions) -> Result<RunOutcome> {
         console: String::new(),
         timed_out: false,
         qemu_exit: status.code(),
+    })
+}
+
+/// The default Linux guest: an unmodified Debian arm64 kernel (fetched once with apt, cached
+/// under `target/guest/`), the tooling's busybox initramfs, and a fresh virtio-blk disk.
+pub(crate) fn debian_linux_guest() -> Result<Guest> {
+    let assets = crate::linux::prepare(&crate::workspace_root().join("target/guest"))?;
+    println!(
+        "xtask: guest: Linux {} ({} {}), initramfs {} KiB",
+        assets.kernel.release,
+        assets.kernel.package,
+        assets.kernel.package_version,
+        assets.initramfs.size / 1024
+    );
+    Ok(Guest::Linux {
+        kernel: assets.kernel.image,
+        initrd: assets.initramfs.path,
+        append: crate::linux::KERNEL_COMMAND_LINE.into(),
+        disk: Some(assets.disk),
     })
 }

@@ -1,9 +1,24 @@
 //! The QEMU scenarios: each boots the hypervisor with a purpose and checks how the run ended
 //! and what the hypervisor logged.
 
+/// The guest a scenario boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ScenarioGuest {
+    /// The hypervisor alone.
+    None,
+    /// The bare-metal test guest (`tools/test-guest`).
+    TestGuest,
+    /// The unmodified Debian kernel with the tooling's initramfs and disk.
+    DebianLinux,
+}
+
 /// One scenario.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Scenario {
+    /// What runs at EL1.
+    pub(crate) guest: ScenarioGuest,
+    /// Text that must appear on the guest console, in this order.
+    pub(crate) expect_console: &'static [&'static str],
     /// Its name, as `cargo xtask test NAME` selects it.
     pub(crate) name: &'static str,
     /// What it shows.
@@ -23,6 +38,8 @@ pub(crate) struct Scenario {
 /// Every scenario, in the order they run.
 pub(crate) const SCENARIOS: &[Scenario] = &[
     Scenario {
+        guest: ScenarioGuest::None,
+        expect_console: &[],
         name: "boot",
         description: "the hypervisor boots at EL2 on QEMU virt, cross-checks the board against the \
                       device tree, installs its EL2 map, probes the SMMU and powers off with status 0",
@@ -43,6 +60,8 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         timeout_secs: 60,
     },
     Scenario {
+        guest: ScenarioGuest::None,
+        expect_console: &[],
         name: "el2-fault-is-reported",
         description: "a hypervisor that reads an address its EL2 map leaves unmapped (guest RAM) takes \
                       a data abort, reports ESR/FAR/ELR decoded, and the run fails with status 2",
@@ -58,6 +77,8 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         timeout_secs: 60,
     },
     Scenario {
+        guest: ScenarioGuest::None,
+        expect_console: &[],
         name: "board-mismatch-stops-boot",
         description: "when the device tree disagrees with the board data (QEMU virt with its PCIe ECAM \
                       moved low), the hypervisor names the mismatch and stops with status 1",
@@ -70,7 +91,82 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         ],
         timeout_secs: 60,
     },
+    Scenario {
+        name: "test-guest-is-contained",
+        description: "the bare-metal test guest boots at EL1 under stage 2 with 2 vCPUs: its RAM works; \
+                      the hypervisor's memory, UART and SMMU, and an ISV=0 access, give it external \
+                      aborts; an unknown hypercall returns NOT_SUPPORTED; an IMPDEF register is \
+                      UNDEFINED; PSCI is proxied; each event is counted and the guest powers off",
+        guest: ScenarioGuest::TestGuest,
+        hyp_args: None,
+        qemu_args: &["-device", "edu,addr=1,dma_mask=0xffffffffffffffff"],
+        expect_status: 0,
+        expect_console: &[
+            "GUEST: PASS device-tree-ram",
+            "GUEST: PASS ram-reads-back",
+            "GUEST: PASS hypervisor-image-aborts",
+            "GUEST: PASS hypervisor-dtb-aborts",
+            "GUEST: PASS hypervisor-uart-aborts",
+            "GUEST: PASS smmu-registers-abort",
+            "GUEST: PASS isv0-access-aborts",
+            "GUEST: PASS unknown-hypercall-not-supported",
+            "GUEST: PASS impdef-register-undefined",
+            "GUEST: PASS psci-version",
+            "GUEST: PASS cpu-on-outside-ram-refused",
+            "GUEST: PASS secondary-vcpu-runs",
+            "GUEST: PASS edu-dma-into-guest-ram",
+            "GUEST: PASS edu-cannot-read-hypervisor-memory",
+            "GUEST: PASS edu-dma-at-hypervisor-memory-completes",
+            "GUEST VERDICT: PASS",
+        ],
+        expect_log: &[
+            "SMMU enabled: GBPA abort",
+            "guest device tree:",
+            "guest streams 0x0 to 0xffff translate through stage 2 (RAM and MSI doorbell",
+            "entering the bare-metal guest",
+            "vCPU 0x1 starting",
+            "SMMU event FTranslation stream 0x8 read (stage 2) at 0x40000000",
+            "guest asked for system off",
+            "stage-2 faults",
+            "exits: ExternalAbortInjected 5",
+            "exits: UndefinedInjected 1",
+            "exits: UnsupportedCall 1",
+            "hypervisor memory check: boot device tree intact",
+            "hypervisor exit: status 0",
+        ],
+        timeout_secs: 60,
+    },
+    Scenario {
+        name: "linux-virtio-blk",
+        description: "an unmodified Debian arm64 kernel boots under the hypervisor with 2 vCPUs, its \
+                      busybox /init does block I/O on a virtio-blk disk (iommu_platform=on) and \
+                      prints its verdict, then powers off",
+        guest: ScenarioGuest::DebianLinux,
+        hyp_args: None,
+        qemu_args: &[],
+        expect_status: 0,
+        expect_console: &["GUEST VERDICT: PASS"],
+        expect_log: &[
+            "entering Linux",
+            "vCPU 0x1 starting",
+            "guest asked for system off",
+            "hypervisor exit: status 0",
+        ],
+        timeout_secs: 300,
+    },
 ];
+
+/// Checks `console` (the guest's UART) against the scenario's expected console text.
+pub(crate) fn check_console(scenario: &Scenario, console: &str) -> Result<(), String> {
+    let mut rest = console;
+    for expected in scenario.expect_console {
+        match rest.find(expected) {
+            Some(at) => rest = &rest[at..],
+            None => return Err(format!("guest console lacks `{expected}` (in order)")),
+        }
+    }
+    Ok(())
+}
 
 /// Checks `log` against the scenario; `Err` says what was wrong.
 pub(crate) fn check(
@@ -124,6 +220,8 @@ mod tests {
     #[test]
     fn a_check_fails_on_wrong_status_missing_text_or_wrong_order() {
         let s = Scenario {
+            guest: ScenarioGuest::None,
+            expect_console: &[],
             name: "t",
             description: "",
             hyp_args: None,

@@ -2,8 +2,8 @@
 //! and a closing `N passed, N failed` line.
 
 use crate::image::{self, BuildOptions};
-use crate::runner::{self, RunOptions};
-use crate::scenarios::{self, SCENARIOS};
+use crate::runner::{self, Guest, RunOptions};
+use crate::scenarios::{self, SCENARIOS, ScenarioGuest};
 use crate::{Result, setup, workspace_root};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
@@ -43,11 +43,40 @@ pub(crate) fn test_command(args: &[String]) -> Result<ExitCode> {
     if !scenarios.is_empty() {
         println!("xtask: building the hypervisor image");
         let image = image::build(&tools, &BuildOptions::default())?;
+        let mut test_guest = None;
+        let mut linux = None;
         let log_dir = workspace_root().join("target/xtask/scenarios");
         std::fs::create_dir_all(&log_dir)?;
         for scenario in scenarios {
             let start = Instant::now();
+            let guest = match scenario.guest {
+                ScenarioGuest::None => Guest::None,
+                ScenarioGuest::TestGuest => {
+                    if test_guest.is_none() {
+                        println!("xtask: building the test guest");
+                        test_guest = Some(image::build_test_guest(&tools)?.elf);
+                    }
+                    Guest::BareMetal {
+                        elf: test_guest.clone().unwrap_or_default(),
+                    }
+                }
+                ScenarioGuest::DebianLinux => {
+                    if linux.is_none() {
+                        linux = Some(runner::debian_linux_guest().map_err(|e| e.to_string()));
+                    }
+                    match linux.clone() {
+                        Some(Ok(guest)) => guest,
+                        Some(Err(error)) => {
+                            println!("FAIL {}: no Linux guest: {error}", scenario.name);
+                            tally.failed.push(scenario.name.to_string());
+                            continue;
+                        }
+                        None => continue,
+                    }
+                }
+            };
             let options = RunOptions {
+                guest,
                 timeout: Duration::from_secs(scenario.timeout_secs),
                 hyp_args: scenario.hyp_args.map(str::to_string),
                 extra_qemu_args: scenario
@@ -70,7 +99,8 @@ pub(crate) fn test_command(args: &[String]) -> Result<ExitCode> {
                 outcome.log.exit_status,
                 outcome.timed_out,
                 &outcome.log.lines,
-            );
+            )
+            .and_then(|()| scenarios::check_console(scenario, &outcome.console));
             let seconds = start.elapsed().as_secs_f32();
             match verdict {
                 Ok(()) => {
@@ -85,6 +115,10 @@ pub(crate) fn test_command(args: &[String]) -> Result<ExitCode> {
                     );
                     for line in outcome.log.lines.iter().rev().take(15).rev() {
                         println!("    [hyp] {line}");
+                    }
+                    let console: Vec<&str> = outcome.console.lines().collect();
+                    for line in console.iter().skip(console.len().saturating_sub(10)) {
+                        println!("    [console] {line}");
                     }
                     tally.failed.push(scenario.name.to_string());
                 }

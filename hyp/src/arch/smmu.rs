@@ -1,0 +1,260 @@
+//! The physical SMMU, owned by the hypervisor: its memory, its bring-up, the stage-2-only
+//! stream table entries that confine the guest's devices, and the intake of its events.
+//!
+//! The `smmu` crate's driver does the work through two traits implemented here: [`StaticDma`]
+//! (memory the SMMU reads and writes: static arrays in the hypervisor's carve-out, identity
+//! mapped, so a pointer is the physical address) and [`HypPlatform`] (barriers, pause).
+
+use super::mmio::DeviceWindow;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use smmu::driver::{DmaMemory, Driver, DriverConfig, DriverMemory, EventIntake, Platform};
+use smmu::hardware::RegisterAccess;
+use smmu::registers::RegisterOffset;
+use smmu::{PhysAddr, PhysRange, StreamId};
+
+/// One buffer the SMMU uses, in the image's bss, aligned for any of the driver's structures.
+#[repr(C, align(65536))]
+struct DmaBuffer<const N: usize> {
+    bytes: UnsafeCell<[u8; N]>,
+    taken: AtomicBool,
+}
+
+// SAFETY: the bytes are reachable only through `take`, which hands them out once.
+unsafe impl<const N: usize> Sync for DmaBuffer<N> {}
+
+impl<const N: usize> DmaBuffer<N> {
+    const fn new() -> Self {
+        Self {
+            bytes: UnsafeCell::new([0; N]),
+            taken: AtomicBool::new(false),
+        }
+    }
+
+    fn take(&'static self) -> Option<StaticDma> {
+        if self.taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(StaticDma {
+            base: self.bytes.get() as usize,
+            size: N,
+        })
+    }
+}
+
+/// Level-1 stream table: 256 descriptors for 16-bit stream IDs split at bit 8.
+static STREAM_TABLE_L1: DmaBuffer<{ 256 * 8 }> = DmaBuffer::new();
+/// Level-2 stream tables: one 16 KiB table per 256 stream IDs, enough for all 65536 stream IDs
+/// of QEMU virt's PCIe host (every requester ID the guest may create).
+static STREAM_TABLE_L2: DmaBuffer<{ 256 * 16 * 1024 }> = DmaBuffer::new();
+/// Command queue: 4096 commands.
+static COMMAND_QUEUE: DmaBuffer<{ 64 * 1024 }> = DmaBuffer::new();
+/// Event queue: 1024 records.
+static EVENT_QUEUE: DmaBuffer<{ 32 * 1024 }> = DmaBuffer::new();
+
+/// A region of the hypervisor's memory given to the SMMU.
+#[derive(Debug)]
+pub struct StaticDma {
+    base: usize,
+    size: usize,
+}
+
+impl StaticDma {
+    fn word(&self, offset: usize) -> Option<*mut u64> {
+        (offset % 8 == 0 && offset.checked_add(8)? <= self.size)
+            .then(|| (self.base + offset) as *mut u64)
+    }
+}
+
+impl DmaMemory for StaticDma {
+    fn phys(&self) -> PhysAddr {
+        // Identity-mapped at EL2: the address of the array is its physical address.
+        PhysAddr(self.base as u64)
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn read_u64(&self, offset: usize) -> u64 {
+        // SAFETY: in bounds and aligned (checked by `word`); the buffer belongs to this region
+        // alone (`DmaBuffer::take`), and a 64-bit volatile load is single-copy atomic.
+        self.word(offset)
+            .map_or(0, |p| unsafe { core::ptr::read_volatile(p) })
+    }
+
+    fn write_u64(&mut self, offset: usize, value: u64) {
+        if let Some(p) = self.word(offset) {
+            // SAFETY: as in `read_u64`; a 64-bit volatile store is single-copy atomic.
+            unsafe { core::ptr::write_volatile(p, value) };
+        }
+    }
+}
+
+/// Barriers and pauses for the driver.
+#[derive(Debug)]
+pub struct HypPlatform;
+
+impl Platform for HypPlatform {
+    fn dma_barrier(&self) {
+        // SAFETY: a barrier has no effect on memory contents.
+        unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
+    }
+
+    fn pause(&self) {
+        core::hint::spin_loop();
+    }
+}
+
+/// The SMMU's register pages.
+#[derive(Debug)]
+pub struct SmmuRegisters(pub DeviceWindow);
+
+impl RegisterAccess for SmmuRegisters {
+    fn read32(&self, offset: RegisterOffset) -> u32 {
+        self.0.read32(offset.get() as usize).unwrap_or(0)
+    }
+    fn write32(&mut self, offset: RegisterOffset, value: u32) {
+        let _ = self.0.write32(offset.get() as usize, value);
+    }
+    fn read64(&self, offset: RegisterOffset) -> u64 {
+        self.0.read64(offset.get() as usize).unwrap_or(0)
+    }
+    fn write64(&mut self, offset: RegisterOffset, value: u64) {
+        let _ = self.0.write64(offset.get() as usize, value);
+    }
+}
+
+/// The driver as the hypervisor instantiates it.
+pub type PhysicalSmmu = Driver<SmmuRegisters, StaticDma, HypPlatform>;
+
+/// The physical SMMU, once brought up.
+pub static SMMU: spin::Mutex<Option<PhysicalSmmu>> = spin::Mutex::new(None);
+
+/// Why the SMMU could not be brought up.
+#[derive(Clone, Copy, Debug, defmt::Format)]
+pub enum BringUpError {
+    /// Its memory was already handed out (bring-up ran twice).
+    MemoryTaken,
+    /// The driver refused.
+    Driver(smmu::driver::Error),
+}
+
+/// Resets the SMMU to the hypervisor's configuration: every stream aborts (GBPA = ABORT, every
+/// STE invalid) until [`confine_streams`] gives a stream an entry.
+pub fn bring_up(registers: PhysRange) -> Result<(), BringUpError> {
+    let (Some(l1), Some(l2), Some(cmdq), Some(evtq)) = (
+        STREAM_TABLE_L1.take(),
+        STREAM_TABLE_L2.take(),
+        COMMAND_QUEUE.take(),
+        EVENT_QUEUE.take(),
+    ) else {
+        return Err(BringUpError::MemoryTaken);
+    };
+    // SAFETY: the SMMU's register pages are mapped as device memory by the EL2 map and owned by
+    // the hypervisor alone; the driver accesses only architected registers.
+    let window =
+        unsafe { DeviceWindow::new(registers.base.get() as usize, registers.size as usize) };
+    let memory = DriverMemory {
+        stream_table_l1: l1,
+        stream_table_l2_pool: l2,
+        command_queue: cmdq,
+        event_queue: evtq,
+        pri_queue: None,
+    };
+    let driver = Driver::new(
+        SmmuRegisters(window),
+        memory,
+        HypPlatform,
+        DriverConfig::DEFAULT,
+    )
+    .map_err(BringUpError::Driver)?;
+    defmt::info!(
+        "SMMU enabled: GBPA abort, {=u32} command slots, {=u32} event slots, stream table for {=u8}-bit IDs",
+        driver.command_queue_entries(),
+        driver.event_queue_entries(),
+        driver.sid_bits()
+    );
+    *SMMU.lock() = Some(driver);
+    Ok(())
+}
+
+/// Gives every stream ID in `streams` the same stage-2-only entry: the guest's devices
+/// translate through the SMMU's stage 2 for the guest (RAM only), and nothing else.
+pub fn confine_streams(
+    first: StreamId,
+    last: StreamId,
+    ste: &smmu::ste::Ste,
+) -> Result<u32, smmu::driver::Error> {
+    let mut guard = SMMU.lock();
+    let Some(driver) = guard.as_mut() else {
+        return Ok(0);
+    };
+    let mut count = 0;
+    for sid in first.get()..=last.get() {
+        // Fresh entries (V = 0 until now): written whole, then one CFGI_ALL below makes them
+        // visible, rather than a sync per stream.
+        let mut writer = driver.ste_writer(StreamId(sid))?;
+        for (index, &word) in ste.words().iter().enumerate().rev() {
+            writer.write_word(index, word)?;
+        }
+        count += 1;
+    }
+    driver.submit_and_sync(&[smmu::command::Cmd::cfgi_all()])?;
+    Ok(count)
+}
+
+/// Events seen, and stage-2 faults among them (a device reaching outside its guest's RAM).
+static EVENTS_SEEN: AtomicU64 = AtomicU64::new(0);
+static STAGE2_FAULTS: AtomicU64 = AtomicU64::new(0);
+/// Events logged in full; later ones are only counted (a failed DMA reports once per 4 bytes,
+/// so one bad transfer can fill the queue).
+const EVENTS_LOGGED: u64 = 8;
+
+/// Takes, with a budget, what the SMMU reported since the last call. Stage-2 faults are the
+/// hypervisor's own business (a device tried to reach memory outside its guest); until the
+/// virtual SMMU forwards stage-1 events, every event is logged (the first few) and counted.
+pub fn drain_events(budget: u32) {
+    let mut guard = SMMU.lock();
+    let Some(driver) = guard.as_mut() else { return };
+    let _ = driver.drain_events(budget, |intake| {
+        let seen = EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
+        match intake {
+            EventIntake::Event(event) => {
+                if event.s2 {
+                    STAGE2_FAULTS.fetch_add(1, Ordering::Relaxed);
+                }
+                if seen < EVENTS_LOGGED {
+                    defmt::warn!(
+                        "SMMU event {} stream {=u32:#x} {=str}{=str} at {=u64:#x}",
+                        event.id,
+                        event.sid.get(),
+                        if event.rnw { "read" } else { "write" },
+                        if event.s2 { " (stage 2)" } else { "" },
+                        event.input_addr.get()
+                    );
+                }
+            }
+            EventIntake::Undecodable { record, error } => {
+                defmt::warn!(
+                    "SMMU event undecodable ({}): {=[?]:#x}",
+                    error,
+                    record.words()
+                )
+            }
+            EventIntake::Overflowed => {
+                defmt::warn!("SMMU event queue overflowed: events were lost")
+            }
+        }
+    });
+    let _ = driver.handle_global_errors(|error| defmt::error!("SMMU global error: {}", error));
+}
+
+/// Logs the event counts.
+pub fn report_events() {
+    defmt::info!(
+        "SMMU events: {=u64} in all, {=u64} stage-2 faults",
+        EVENTS_SEEN.load(Ordering::Relaxed),
+        STAGE2_FAULTS.load(Ordering::Relaxed)
+    );
+}

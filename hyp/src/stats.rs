@@ -1,0 +1,82 @@
+//! Counters per exit reason, printed when the run ends.
+//!
+//! Updated from trap handlers on any CPU with relaxed atomic increments: a counter is a
+//! statistic, not a synchronisation point.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Why the guest left EL1 for EL2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+#[repr(usize)]
+pub enum ExitReason {
+    /// HVC: PSCI or another SMCCC call.
+    Hvc,
+    /// SMC (trapped by HCR_EL2.TSC): PSCI or another SMCCC call.
+    Smc,
+    /// A stage-2 data abort handled by an MMIO handler.
+    MmioHandled,
+    /// A stage-2 data abort answered with an external abort (no handler, or ISV=0).
+    ExternalAbortInjected,
+    /// A stage-2 instruction abort (the guest executed from outside its RAM).
+    InstructionAbort,
+    /// A trap the hypervisor does not handle, answered with an undefined-instruction exception.
+    UndefinedInjected,
+    /// A call the hypervisor refused with NOT_SUPPORTED.
+    UnsupportedCall,
+    /// An IRQ, FIQ or SError taken to EL2 from the guest.
+    Asynchronous,
+}
+
+impl ExitReason {
+    /// Every reason, in report order.
+    pub const ALL: [ExitReason; 8] = [
+        Self::Hvc,
+        Self::Smc,
+        Self::MmioHandled,
+        Self::ExternalAbortInjected,
+        Self::InstructionAbort,
+        Self::UndefinedInjected,
+        Self::UnsupportedCall,
+        Self::Asynchronous,
+    ];
+}
+
+static COUNTS: [AtomicU64; ExitReason::ALL.len()] =
+    [const { AtomicU64::new(0) }; ExitReason::ALL.len()];
+
+/// Counts one exit.
+pub fn count(reason: ExitReason) {
+    if let Some(counter) = COUNTS.get(reason as usize) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The count for `reason`.
+#[must_use]
+pub fn get(reason: ExitReason) -> u64 {
+    COUNTS
+        .get(reason as usize)
+        .map_or(0, |c| c.load(Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_reason_has_its_own_counter() {
+        let before: Vec<u64> = ExitReason::ALL.iter().map(|&r| get(r)).collect();
+        count(ExitReason::Smc);
+        count(ExitReason::Smc);
+        count(ExitReason::UndefinedInjected);
+        for (reason, before) in ExitReason::ALL.iter().zip(before) {
+            let expected = match reason {
+                ExitReason::Smc => before + 2,
+                ExitReason::UndefinedInjected => before + 1,
+                _ => before,
+            };
+            assert_eq!(get(*reason), expected, "{reason:?}");
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! The guest proper (aarch64 only).
+
+use aarch64_paging::descriptor::El1Attributes;
+use aarch64_rt::{
+    ExceptionHandlers, InitialPagetable, RegisterStateRef, entry, exception_handlers,
+    initial_pagetable,
+};
+use arm_pl011_uart::{
+    DataBits, LineConfig, PL011Registers, Parity, StopBits, Uart, UniqueMmioPointer,
+};
+use core::arch::asm;
+use core::fmt::Write;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use smccc::Smc;
+
+const DEVICE: usize = El1Attributes::VALID
+    .union(El1Attributes::ATTRIBUTE_INDEX_0)
+    .union(El1Attributes::ACCESSED)
+    .union(El1Attributes::UXN)
+    .union(El1Attributes::PXN)
+    .bits();
+const NORMAL: usize = El1Attributes::VALID
+    .union(El1Attributes::ATTRIBUTE_INDEX_1)
+    .union(El1Attributes::INNER_SHAREABLE)
+    .union(El1Attributes::ACCESSED)
+    .bits();
+
+initial_pagetable!({
+    let mut table = [0; 512];
+    table[0] = DEVICE; // devices, including the hypervisor's (which stage 2 withholds)
+    table[1] = NORMAL | 0x4000_0000; // RAM, including the hypervisor's carve-out
+    table[256] = DEVICE | 0x40_0000_0000; // PCIe ECAM
+    InitialPagetable(table)
+});
+
+exception_handlers!(Handlers);
+entry!(main, 8);
+
+/// The guest console (UART0 on QEMU virt, passed through by the hypervisor).
+const UART0: usize = 0x0900_0000;
+
+/// The last synchronous exception taken: ESR_EL1 (0 = none since `take_exception`).
+static LAST_ESR: AtomicU64 = AtomicU64::new(0);
+static LAST_FAR: AtomicU64 = AtomicU64::new(0);
+static SECONDARY_RAN: AtomicBool = AtomicBool::new(false);
+
+struct Handlers;
+
+impl ExceptionHandlers for Handlers {
+    extern "C" fn sync_current(mut state: RegisterStateRef<'_>) {
+        let (esr, far): (u64, u64);
+        // SAFETY: reading the syndrome registers of the exception being handled.
+        unsafe {
+            asm!("mrs {}, esr_el1", out(reg) esr, options(nomem, nostack));
+            asm!("mrs {}, far_el1", out(reg) far, options(nomem, nostack));
+        }
+        LAST_ESR.store(esr, Ordering::SeqCst);
+        LAST_FAR.store(far, Ordering::SeqCst);
+        // Every check that faults does so on purpose, with a 4-byte instruction: step over it.
+        // SAFETY: skipping one instruction of a check that expects to be skipped.
+        unsafe { state.get_mut().elr += 4 };
+    }
+}
+
+struct Console(Uart<'static>);
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for byte in s.bytes() {
+            if byte == b'\n' {
+                self.0.write_word(b'\r');
+            }
+            while self.0.is_tx_fifo_full() {}
+            self.0.write_word(byte);
+        }
+        Ok(())
+    }
+}
+
+/// What one check found.
+type Outcome = Result<(), &'static str>;
+
+/// Runs `access` expecting it to fault with a synchronous external abort on a data access.
+fn expect_external_abort(access: impl FnOnce()) -> Outcome {
+    LAST_ESR.store(0, Ordering::SeqCst);
+    access();
+    let esr = LAST_ESR.load(Ordering::SeqCst);
+    if esr == 0 {
+        return Err("no exception: the access went through");
+    }
+    let class = esr >> 26;
+    let status = esr & 0x3f;
+    if class != 0x25 {
+        return Err("an exception, but not a data abort");
+    }
+    if status != 0x10 {
+        return Err("a data abort, but not a synchronous external abort");
+    }
+    Ok(())
+}
+
+fn read_u64(address: usize) {
+    // SAFETY: deliberately touches an address the hypervisor must refuse; the abort is caught
+    // by `Handlers` and the load is skipped.
+    unsafe { asm!("ldr {tmp}, [{a}]", a = in(reg) address, tmp = out(reg) _, options(nostack)) };
+}
+
+fn write_u32(address: usize, value: u32) {
+    // SAFETY: as `read_u64`, for a store.
+    unsafe { asm!("str {v:w}, [{a}]", a = in(reg) address, v = in(reg) value, options(nostack)) };
+}
+
+fn load_pair(address: usize) {
+    // SAFETY: as `read_u64`; a load pair has no valid syndrome (ISV = 0) at EL2.
+    unsafe {
+        asm!("ldp {x}, {y}, [{a}]", a = in(reg) address, x = out(reg) _, y = out(reg) _, options(nostack))
+    };
+}
+
+fn check_ram(ram: smmu::PhysRange) -> Outcome {
+    let image_end = 0x4260_0000usize;
+    let last = (ram.end() as usize) - 8;
+    let middle = ((ram.base.get() + ram.size / 2) as usize) & !7;
+    for (i, address) in [image_end, middle, last].into_iter().enumerate() {
+        let pattern = 0x5a5a_0000_0000_0000u64 | (address as u64) ^ i as u64;
+        // SAFETY: inside this guest's RAM (from its device tree) and outside its image and
+        // stack; nothing else uses these words.
+        let back = unsafe {
+            core::ptr::write_volatile(address as *mut u64, pattern);
+            core::ptr::read_volatile(address as *const u64)
+        };
+        if back != pattern {
+            return Err("RAM did not read back what was written");
+        }
+    }
+    Ok(())
+}
+
+fn hvc(function: u64) -> u64 {
+    let result: u64;
+    // SAFETY: an SMCCC call; the hypervisor answers it and returns here.
+    unsafe {
+        asm!("hvc #0", inout("x0") function => result, out("x1") _, out("x2") _, out("x3") _, options(nostack))
+    };
+    result
+}
+
+fn check_unknown_hypercall() -> Outcome {
+    // An SMCCC "vendor hypervisor service" ID nobody implements.
+    if hvc(0xc600_1234) == u64::MAX {
+        Ok(())
+    } else {
+        Err("an unknown hypercall did not return NOT_SUPPORTED")
+    }
+}
+
+fn check_undefined_trap() -> Outcome {
+    LAST_ESR.store(0, Ordering::SeqCst);
+    // SAFETY: reads an IMPLEMENTATION DEFINED register; the hypervisor traps it (HCR_EL2.TIDCP)
+    // and must answer UNDEFINED, which the handler catches and skips.
+    unsafe { asm!("mrs {}, s3_0_c15_c0_0", out(reg) _, options(nostack)) };
+    let esr = LAST_ESR.load(Ordering::SeqCst);
+    if esr == 0 {
+        return Err("no exception");
+    }
+    if esr >> 26 != 0 {
+        Err("an exception, but not UNDEFINED")
+    } else {
+        Ok(())
+    }
+}
+
+fn check_psci_version() -> Outcome {
+    match smccc::psci::version::<Smc>() {
+        Ok(version) if version.major >= 1 => Ok(()),
+        Ok(_) => Err("PSCI older than 1.0"),
+        Err(_) => Err("PSCI_VERSION failed"),
+    }
+}
+
+fn check_secondary_vcpu() -> Outcome {
+    static mut STACK: aarch64_rt::Stack<4> = aarch64_rt::Stack::new();
+    // SAFETY: the stack is used only by CPU 1, started once, here.
+    let result = unsafe {
+        aarch64_rt::start_core::<Smc, _, 4>(1, &raw mut STACK, || {
+            SECONDARY_RAN.store(true, Ordering::SeqCst);
+            let _ = smccc::psci::cpu_off::<Smc>();
+            loop {
+                core::hint::spin_loop();
+            }
+        })
+    };
+    if result.is_err() {
+        return Err("CPU_ON failed");
+    }
+    for _ in 0..50_000_000u64 {
+        if SECONDARY_RAN.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        core::hint::spin_loop();
+    }
+    Err("the second vCPU never ran")
+}
+
+fn check_cpu_on_outside_ram() -> Outcome {
+    // CPU_ON with an entry point in the hypervisor's memory must be refused.
+    let result = smccc::smc64(0xc400_0003, {
+        let mut args = [0u64; 17];
+        args[0] = 1;
+        args[1] = 0x4020_0000;
+        args
+    });
+    if result[0] == (-2i64) as u64 {
+        Ok(())
+    } else {
+        Err("CPU_ON into hypervisor memory was not refused")
+    }
+}
+
+/// PCIe configuration space (QEMU virt's high ECAM), passed through to the guest.
+const ECAM: usize = 0x40_1000_0000;
+/// The `edu` device at 00:01.0 (stream ID 8), when the machine has one.
+const EDU_CONFIG: usize = ECAM + (1 << 15);
+/// Where this guest places edu's BAR0: the start of QEMU virt's 32-bit PCIe window.
+const EDU_BAR0: usize = 0x1000_0000;
+/// edu's internal DMA buffer, as the device addresses it.
+const EDU_BUFFER: u64 = 0x4_0000;
+
+fn mmio_read32(address: usize) -> u32 {
+    // SAFETY: a device register passed through to this guest (ECAM or edu's BAR), mapped as
+    // device memory by the initial page table.
+    unsafe { core::ptr::read_volatile(address as *const u32) }
+}
+
+fn mmio_write32(address: usize, value: u32) {
+    // SAFETY: as `mmio_read32`.
+    unsafe { core::ptr::write_volatile(address as *mut u32, value) }
+}
+
+fn mmio_write64(address: usize, value: u64) {
+    // SAFETY: as `mmio_read32`.
+    unsafe { core::ptr::write_volatile(address as *mut u64, value) }
+}
+
+/// Finds and enables edu: BAR0, memory decoding and bus mastering.
+fn edu_present() -> bool {
+    if mmio_read32(EDU_CONFIG) != 0x11e8_1234 {
+        return false;
+    }
+    mmio_write32(EDU_CONFIG + 0x10, EDU_BAR0 as u32);
+    mmio_write32(EDU_CONFIG + 0x04, 0x0006); // memory space, bus master
+    mmio_read32(EDU_BAR0) == 0x0100_00ed
+}
+
+/// One edu DMA transfer of `count` bytes; `to_ram` is the device-to-RAM direction.
+fn edu_dma(source: u64, destination: u64, count: u64, to_ram: bool) -> Outcome {
+    mmio_write64(EDU_BAR0 + 0x80, source);
+    mmio_write64(EDU_BAR0 + 0x88, destination);
+    mmio_write64(EDU_BAR0 + 0x90, count);
+    mmio_write32(EDU_BAR0 + 0x98, 1 | if to_ram { 2 } else { 0 });
+    // A transfer takes about 100 ms of virtual time; poll the "running" bit with a bound.
+    for _ in 0..200_000_000u64 {
+        if mmio_read32(EDU_BAR0 + 0x98) & 1 == 0 {
+            return Ok(());
+        }
+        core::hint::spin_loop();
+    }
+    Err("the DMA transfer never completed")
+}
+
+const DMA_SOURCE: usize = 0x4300_0000;
+const DMA_TARGET: usize = 0x4300_2000;
+
+fn fill(address: usize, words: usize, seed: u64) {
+    for i in 0..words {
+        // SAFETY: inside this guest's RAM, above its image; used only by these checks.
+        unsafe { core::ptr::write_volatile((address + i * 8) as *mut u64, seed ^ (i as u64) << 8) };
+    }
+}
+
+fn matches(address: usize, words: usize, seed: u64) -> bool {
+    // SAFETY: as `fill`.
+    (0..words).all(|i| unsafe { core::ptr::read_volatile((address + i * 8) as *const u64) } == seed ^ (i as u64) << 8)
+}
+
+fn check_edu_dma_into_guest_ram() -> Outcome {
+    let seed = 0x0123_4567_89ab_cdef;
+    fill(DMA_SOURCE, 512, seed);
+    fill(DMA_TARGET, 512, 0);
+    edu_dma(DMA_SOURCE as u64, EDU_BUFFER, 4096, false)?;
+    edu_dma(EDU_BUFFER, DMA_TARGET as u64, 4096, true)?;
+    if matches(DMA_TARGET, 512, seed) {
+        Ok(())
+    } else {
+        Err("the data did not arrive through the SMMU")
+    }
+}
+
+fn check_edu_cannot_read_hypervisor_memory() -> Outcome {
+    // Fill the device's buffer with a known pattern, then ask it to read the hypervisor's boot
+    // device tree over it, and look at what the buffer holds.
+    fill(DMA_SOURCE, 512, 0x5555_5555_5555_5555);
+    edu_dma(DMA_SOURCE as u64, EDU_BUFFER, 4096, false)?;
+    edu_dma(0x4000_0000, EDU_BUFFER, 4096, false)?;
+    fill(DMA_TARGET, 512, 0);
+    edu_dma(EDU_BUFFER, DMA_TARGET as u64, 4096, true)?;
+    // SAFETY: as `fill`.
+    let first = unsafe { core::ptr::read_volatile(DMA_TARGET as *const u32) };
+    if u32::from_be(first) == 0xd00d_feed {
+        Err("the device read the hypervisor's device tree")
+    } else {
+        Ok(())
+    }
+}
+
+fn check_edu_cannot_write_hypervisor_memory() -> Outcome {
+    // The hypervisor checks its side (its boot device tree's fingerprint) at power-off.
+    edu_dma(EDU_BUFFER, 0x4000_0000, 4096, true)?;
+    edu_dma(EDU_BUFFER, 0x4020_0000, 4096, true)
+}
+
+fn main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
+    // SAFETY: UART0 is this guest's console, mapped as device memory above and used by nothing
+    // else in the guest.
+    let uart = unsafe {
+        UniqueMmioPointer::new(
+            NonNull::new(UART0 as *mut PL011Registers).unwrap_or(NonNull::dangling()),
+        )
+    };
+    let mut uart = Uart::new(uart);
+    let config = LineConfig {
+        data_bits: DataBits::Bits8,
+        parity: Parity::None,
+        stop_bits: StopBits::One,
+    };
+    let _ = uart.enable(config, 115_200, 24_000_000);
+    let mut out = Console(uart);
+    let _ = writeln!(out, "GUEST: test guest at EL1, device tree at {x0:#x}");
+
+    // SAFETY: the hypervisor passes a device tree at x0, in this guest's RAM; its header's
+    // total size (bounded to the 2 MiB window it lives in) gives the length.
+    let tree = unsafe {
+        let size = u32::from_be(core::ptr::read_volatile((x0 + 4) as *const u32)).min(2 << 20);
+        core::slice::from_raw_parts(x0 as *const u8, size as usize)
+    };
+    let ram = match board::discover(tree) {
+        Ok(found) => found.memory.first().copied(),
+        Err(_) => None,
+    };
+
+    let mut passed = 0u32;
+    let mut failed = 0u32;
+    let mut report = |name: &str, outcome: Outcome| match outcome {
+        Ok(()) => {
+            passed += 1;
+            let _ = writeln!(out, "GUEST: PASS {name}");
+        }
+        Err(why) => {
+            failed += 1;
+            let _ = writeln!(out, "GUEST: FAIL {name}: {why}");
+        }
+    };
+    report(
+        "device-tree-ram",
+        match ram {
+            Some(ram) if ram.base.get() == 0x4200_0000 => Ok(()),
+            Some(_) => Err("RAM does not start after the hypervisor's carve-out"),
+            None => Err("no memory node"),
+        },
+    );
+    if let Some(ram) = ram {
+        report("ram-reads-back", check_ram(ram));
+    }
+    report(
+        "hypervisor-image-aborts",
+        expect_external_abort(|| read_u64(0x4020_0000)),
+    );
+    report(
+        "hypervisor-dtb-aborts",
+        expect_external_abort(|| read_u64(0x4000_0000)),
+    );
+    report(
+        "hypervisor-uart-aborts",
+        expect_external_abort(|| write_u32(0x0904_0000, 0x41)),
+    );
+    report(
+        "smmu-registers-abort",
+        expect_external_abort(|| read_u64(0x0905_0000)),
+    );
+    report(
+        "isv0-access-aborts",
+        expect_external_abort(|| load_pair(0x0905_0000)),
+    );
+    report("unknown-hypercall-not-supported", check_unknown_hypercall());
+    report("impdef-register-undefined", check_undefined_trap());
+    report("psci-version", check_psci_version());
+    report("cpu-on-outside-ram-refused", check_cpu_on_outside_ram());
+    report("secondary-vcpu-runs", check_secondary_vcpu());
+    let edu = edu_present();
+    if edu {
+        report("edu-dma-into-guest-ram", check_edu_dma_into_guest_ram());
+        report(
+            "edu-cannot-read-hypervisor-memory",
+            check_edu_cannot_read_hypervisor_memory(),
+        );
+        report(
+            "edu-dma-at-hypervisor-memory-completes",
+            check_edu_cannot_write_hypervisor_memory(),
+        );
+    }
+    if !edu {
+        let _ = writeln!(out, "GUEST: SKIP edu-*: no edu device at 00:01.0");
+    }
+
+    if failed == 0 {
+        let _ = writeln!(out, "GUEST VERDICT: PASS {passed} checks");
+    } else {
+        let _ = writeln!(
+            out,
+            "GUEST VERDICT: FAIL {failed} of {} checks failed",
+            passed + failed
+        );
+    }
+    let _ = smccc::psci::system_off::<Smc>();
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    let _ = smccc::psci::system_off::<Smc>();
+    loop {
+        core::hint::spin_loop();
+    }
+}
