@@ -22,6 +22,7 @@ mod bits;
 pub mod cd;
 pub mod command;
 pub mod driver;
+pub mod entry;
 pub mod event;
 pub mod field;
 pub mod hardware;
