@@ -277,8 +277,13 @@ fn confine_guest_devices(guest_platform: &GuestPlatform<'_>, discovered: &board:
             fail("SMMU stage 2");
         }
     };
-    let ste = stage2_only_ste(smmu::PhysAddr(map.root_address().0 as u64));
-    match crate::arch::smmu::confine_streams(streams.first, streams.last, &ste) {
+    let root = smmu::PhysAddr(map.root_address().0 as u64);
+    match crate::arch::smmu::confine_streams(
+        streams.first,
+        streams.last,
+        root,
+        smmu::Vmid(guest::GUEST_VMID),
+    ) {
         Ok(count) => defmt::info!(
             "SMMU: {=u32} guest streams {=u32:#x} to {=u32:#x} translate through stage 2 (RAM and MSI doorbell, VMID {=u16})",
             count,
@@ -293,27 +298,4 @@ fn confine_guest_devices(guest_platform: &GuestPlatform<'_>, discovered: &board:
     }
     // The SMMU walks this table for as long as the guest runs: it is never dropped.
     core::mem::forget(map);
-}
-
-/// A stage-2-only STE over the table at `root`, with the geometry of [`crate::stage2`].
-fn stage2_only_ste(root: smmu::PhysAddr) -> smmu::ste::Ste {
-    use smmu::ste::{Ste, StreamConfig};
-    use smmu::translation::{AddressSize, Cacheability, Granule, Shareability};
-    let mut ste = Ste::INVALID;
-    ste.set_config(StreamConfig::Stage2);
-    ste.set_s2vmid(smmu::Vmid(guest::GUEST_VMID));
-    ste.set_s2t0sz(stage2::T0SZ as u8);
-    ste.set_s2sl0(stage2::SL0_LEVEL0 as u8);
-    ste.set_s2ir0(Cacheability::WriteBackWriteAllocate);
-    ste.set_s2or0(Cacheability::WriteBackWriteAllocate);
-    ste.set_s2sh0(Shareability::InnerShareable);
-    ste.set_s2tg(Granule::Size4K);
-    ste.set_s2ps(AddressSize::Bits44);
-    // S2AA64 = 1 always: an STE with stage 2 and S2AA64 = 0 is invalid (and crashes QEMU).
-    ste.set_s2aa64(true);
-    // Record stage-2 faults, so that a device's attempt to leave its guest is reported.
-    ste.set_s2r(true);
-    ste.set_s2ttb(root);
-    ste.set_v(true);
-    ste
 }

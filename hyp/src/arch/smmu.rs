@@ -179,28 +179,72 @@ pub fn bring_up(registers: PhysRange) -> Result<(), BringUpError> {
     Ok(())
 }
 
-/// Gives every stream ID in `streams` the same stage-2-only entry: the guest's devices
-/// translate through the SMMU's stage 2 for the guest (RAM only), and nothing else.
+/// Why guest streams could not be confined.
+#[derive(Clone, Copy, Debug, defmt::Format)]
+pub enum ConfineError {
+    /// The SMMU was not brought up.
+    NotUp,
+    /// The stage-2 parameters do not suit this SMMU.
+    Make(smmu::entry::make::MakeError),
+    /// The entry would be unsafe to hand to the hardware (never expected for a made entry).
+    Refused(smmu::entry::install::PhysicalEntryError),
+    /// The driver failed.
+    Driver(smmu::driver::Error),
+}
+
+/// Gives every stream ID in `[first, last]` a stage-2-only entry over the table at `root`
+/// (geometry of [`crate::stage2`], VMID `vmid`): the guest's devices translate through the
+/// SMMU's stage 2 for the guest, and nothing else. Returns how many streams were confined.
 pub fn confine_streams(
     first: StreamId,
     last: StreamId,
-    ste: &smmu::ste::Ste,
-) -> Result<u32, smmu::driver::Error> {
+    root: PhysAddr,
+    vmid: smmu::Vmid,
+) -> Result<u32, ConfineError> {
+    use smmu::entry::install::check_physical_ste;
+    use smmu::entry::make::{Stage2Parameters, Stage2Translation, StartLevel, make_stage2_ste};
+    use smmu::translation::{AddressSize, Cacheability, Granule, Shareability};
     let mut guard = SMMU.lock();
     let Some(driver) = guard.as_mut() else {
-        return Ok(0);
+        return Err(ConfineError::NotUp);
     };
+    let parameters = Stage2Parameters {
+        vmid,
+        s2ttb: root,
+        s2t0sz: crate::stage2::T0SZ as u8,
+        s2sl0: StartLevel::Level0,
+        s2tg: Granule::Size4K,
+        s2ps: AddressSize::Bits44,
+        s2ir0: Cacheability::WriteBackWriteAllocate,
+        s2or0: Cacheability::WriteBackWriteAllocate,
+        s2sh0: Shareability::InnerShareable,
+        // Record stage-2 faults: a device trying to leave its guest is the hypervisor's news.
+        s2r: true,
+        s2affd: false,
+        s2ptw: false,
+    };
+    let translation =
+        Stage2Translation::new(parameters, driver.features()).map_err(ConfineError::Make)?;
+    let ste = make_stage2_ste(&translation);
+    check_physical_ste(&ste).map_err(ConfineError::Refused)?;
     let mut count = 0;
     for sid in first.get()..=last.get() {
-        // Fresh entries (V = 0 until now): written whole, then one CFGI_ALL below makes them
-        // visible, rather than a sync per stream.
-        let mut writer = driver.ste_writer(StreamId(sid))?;
+        // These entries are fresh (V = 0 since reset): written whole, qword 0 (with V) last,
+        // and made visible by one CFGI_ALL below rather than a sync per stream. A live entry
+        // would go through `smmu::entry::install_ste` instead.
+        let mut writer = driver
+            .ste_writer(StreamId(sid))
+            .map_err(ConfineError::Driver)?;
         for (index, &word) in ste.words().iter().enumerate().rev() {
-            writer.write_word(index, word)?;
+            writer
+                .write_word(index, word)
+                .map_err(ConfineError::Driver)?;
         }
         count += 1;
     }
-    driver.submit_and_sync(&[smmu::command::Cmd::cfgi_all()])?;
+    driver
+        .submit_and_sync(&[smmu::command::Cmd::cfgi_all()])
+        .map_err(ConfineError::Driver)?;
     Ok(count)
 }
 
