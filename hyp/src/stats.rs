@@ -45,11 +45,16 @@ impl ExitReason {
 static COUNTS: [AtomicU64; ExitReason::ALL.len()] =
     [const { AtomicU64::new(0) }; ExitReason::ALL.len()];
 
-/// Counts one exit.
-pub fn count(reason: ExitReason) {
-    if let Some(counter) = COUNTS.get(reason as usize) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
+/// Exits of one reason logged in full; later ones are only counted, so that a guest repeating
+/// a bad access cannot flood the hypervisor's log (or slow every trap by the log's cost).
+pub const LOGGED_PER_REASON: u64 = 16;
+
+/// Counts one exit; returns whether it is among the first [`LOGGED_PER_REASON`] of its kind
+/// (and so worth a log line).
+pub fn count(reason: ExitReason) -> bool {
+    COUNTS
+        .get(reason as usize)
+        .is_some_and(|counter| counter.fetch_add(1, Ordering::Relaxed) < LOGGED_PER_REASON)
 }
 
 /// The count for `reason`.
@@ -67,9 +72,9 @@ mod tests {
     #[test]
     fn each_reason_has_its_own_counter() {
         let before: Vec<u64> = ExitReason::ALL.iter().map(|&r| get(r)).collect();
-        count(ExitReason::Smc);
-        count(ExitReason::Smc);
-        count(ExitReason::UndefinedInjected);
+        let _ = count(ExitReason::Smc);
+        let _ = count(ExitReason::Smc);
+        let _ = count(ExitReason::UndefinedInjected);
         for (reason, before) in ExitReason::ALL.iter().zip(before) {
             let expected = match reason {
                 ExitReason::Smc => before + 2,

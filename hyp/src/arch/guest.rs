@@ -198,32 +198,34 @@ pub fn handle_sync_lower(frame: &mut TrapFrame) {
     match ExceptionClass::from_esr(frame.esr) {
         // HVC: ELR already points past the instruction.
         ExceptionClass::Hvc64 => {
-            stats::count(ExitReason::Hvc);
+            let _ = stats::count(ExitReason::Hvc);
             handle_call(frame);
         }
         // A trapped SMC: ELR points at the SMC itself.
         ExceptionClass::Smc64 => {
-            stats::count(ExitReason::Smc);
+            let _ = stats::count(ExitReason::Smc);
             frame.elr += 4;
             handle_call(frame);
         }
         ExceptionClass::DataAbortLower => handle_data_abort(frame),
         ExceptionClass::InstructionAbortLower => {
-            stats::count(ExitReason::InstructionAbort);
-            defmt::warn!(
-                "guest instruction abort at {=u64:#x}: external abort injected",
-                frame.far
-            );
+            if stats::count(ExitReason::InstructionAbort) {
+                defmt::warn!(
+                    "guest instruction abort at {=u64:#x}: external abort injected",
+                    frame.far
+                );
+            }
             inject(frame, Injected::InstructionAbort);
         }
         class => {
-            stats::count(ExitReason::UndefinedInjected);
-            defmt::warn!(
-                "guest trap {} (ESR {=u64:#010x}) at {=u64:#x}: undefined instruction injected",
-                class,
-                frame.esr,
-                frame.elr
-            );
+            if stats::count(ExitReason::UndefinedInjected) {
+                defmt::warn!(
+                    "guest trap {} (ESR {=u64:#010x}) at {=u64:#x}: undefined instruction injected",
+                    class,
+                    frame.esr,
+                    frame.elr
+                );
+            }
             inject(frame, Injected::Undefined);
         }
     }
@@ -232,7 +234,7 @@ pub fn handle_sync_lower(frame: &mut TrapFrame) {
 /// Handles an IRQ, FIQ or SError routed to EL2 from the guest. With IMO/FMO/AMO clear none
 /// should arrive; count and return.
 pub fn handle_async_lower() {
-    stats::count(ExitReason::Asynchronous);
+    let _ = stats::count(ExitReason::Asynchronous);
 }
 
 fn handle_data_abort(frame: &mut TrapFrame) {
@@ -252,20 +254,21 @@ fn handle_data_abort(frame: &mut TrapFrame) {
         }
     });
     if handled.is_some() {
-        stats::count(ExitReason::MmioHandled);
+        let _ = stats::count(ExitReason::MmioHandled);
         frame.elr += 4;
         return;
     }
-    stats::count(ExitReason::ExternalAbortInjected);
     let abort = DataAbort::from_esr(frame.esr);
-    defmt::warn!(
-        "guest {=str} at IPA {=u64:#x} (VA {=u64:#x}, PC {=u64:#x}, ISV {=bool}): external abort injected",
-        if abort.write { "write" } else { "read" },
-        crate::exception::fault_ipa(hpfar, frame.far),
-        frame.far,
-        frame.elr,
-        abort.syndrome_valid
-    );
+    if stats::count(ExitReason::ExternalAbortInjected) {
+        defmt::warn!(
+            "guest {=str} at IPA {=u64:#x} (VA {=u64:#x}, PC {=u64:#x}, ISV {=bool}): external abort injected",
+            if abort.write { "write" } else { "read" },
+            crate::exception::fault_ipa(hpfar, frame.far),
+            frame.far,
+            frame.elr,
+            abort.syndrome_valid
+        );
+    }
     inject(frame, Injected::DataAbort { write: abort.write });
 }
 
@@ -365,8 +368,9 @@ fn handle_call(frame: &mut TrapFrame) {
             exit(ExitStatus::Success);
         }
         GuestCall::NotSupported => {
-            stats::count(ExitReason::UnsupportedCall);
-            defmt::info!("guest call {=u64:#x}: not supported", x0);
+            if stats::count(ExitReason::UnsupportedCall) {
+                defmt::info!("guest call {=u64:#x}: not supported", x0);
+            }
             psci::NOT_SUPPORTED
         }
     };

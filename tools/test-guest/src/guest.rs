@@ -320,6 +320,95 @@ fn check_edu_cannot_write_hypervisor_memory() -> Outcome {
     edu_dma(EDU_BUFFER, 0x4020_0000, 4096, true)
 }
 
+/// Instruction counting with the PMU (event 0x08, INST_RETIRED), for `bench` mode.
+///
+/// Under QEMU with `-icount shift=0` the count is exact and identical from run to run. The
+/// filter picks the exception levels counted: the guest's EL1, the hypervisor's EL2, or both
+/// (PMEVTYPER<n>_EL0: P, bit 31, excludes EL1; U, bit 30, excludes EL0; NSH, bit 27, includes
+/// EL2).
+mod pmu {
+    use core::arch::asm;
+
+    /// Which levels to count.
+    #[derive(Clone, Copy)]
+    pub(super) enum Levels {
+        /// EL1 and EL2: the whole cost as the guest experiences it.
+        GuestAndHypervisor,
+        /// EL2 only: the hypervisor's share.
+        Hypervisor,
+    }
+
+    /// Counts retired instructions while `f` runs, `iterations` times; returns the total.
+    pub(super) fn count(levels: Levels, iterations: u64, mut f: impl FnMut()) -> u64 {
+        let filter: u64 = match levels {
+            Levels::GuestAndHypervisor => 1 << 30 | 1 << 27,
+            Levels::Hypervisor => 1 << 31 | 1 << 30 | 1 << 27,
+        };
+        let (start, end): (u64, u64);
+        // SAFETY: programs counter 0 of this CPU's PMU, which the hypervisor leaves to the
+        // guest (MDCR_EL2.HPMN covers all counters); no memory is touched.
+        unsafe {
+            asm!(
+                "msr pmevtyper0_el0, {t}",
+                "mov {tmp}, #1",
+                "msr pmcntenset_el0, {tmp}",
+                "mrs {tmp}, pmcr_el0",
+                "orr {tmp}, {tmp}, #1",
+                "msr pmcr_el0, {tmp}",
+                "isb",
+                t = in(reg) filter | 0x08,
+                tmp = out(reg) _,
+                options(nostack),
+            );
+            asm!("isb", "mrs {}, pmevcntr0_el0", out(reg) start, options(nostack));
+        }
+        for _ in 0..iterations {
+            f();
+        }
+        // SAFETY: reads the counter programmed above.
+        unsafe { asm!("isb", "mrs {}, pmevcntr0_el0", out(reg) end, options(nostack)) };
+        end.wrapping_sub(start) & 0xffff_ffff
+    }
+}
+
+/// `bench` mode: the instruction cost of each kind of trap, printed as `BENCH` lines.
+fn run_bench(out: &mut Console) {
+    use pmu::Levels;
+    const N: u64 = 1000;
+    let cases: [(&str, &dyn Fn()); 4] = [
+        ("hvc-unknown-call (NOT_SUPPORTED)", &|| {
+            let _ = hvc(0xc600_1234);
+        }),
+        ("smc-psci-version (forwarded to firmware)", &|| {
+            let _ = smccc::psci::version::<Smc>();
+        }),
+        ("stage2-abort-injected (read of hypervisor memory)", &|| {
+            read_u64(0x4020_0000);
+        }),
+        ("impdef-register-undefined-injected", &|| {
+            // SAFETY: as in `check_undefined_trap`: trapped, answered UNDEFINED, skipped.
+            unsafe { asm!("mrs {}, s3_0_c15_c0_0", out(reg) _, options(nostack)) };
+        }),
+    ];
+    let _ = writeln!(out, "BENCH iterations={N}");
+    for (name, case) in cases {
+        let total = pmu::count(Levels::GuestAndHypervisor, N, case);
+        let el2 = pmu::count(Levels::Hypervisor, N, case);
+        let _ = writeln!(
+            out,
+            "BENCH {name}: {} instructions per trap, {} of them at EL2",
+            total / N,
+            el2 / N
+        );
+    }
+    let baseline = pmu::count(Levels::GuestAndHypervisor, N, || core::hint::black_box(()));
+    let _ = writeln!(
+        out,
+        "BENCH empty-loop baseline: {} instructions per iteration",
+        baseline / N
+    );
+}
+
 fn main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     // SAFETY: UART0 is this guest's console, mapped as device memory above and used by nothing
     // else in the guest.
@@ -344,10 +433,19 @@ fn main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         let size = u32::from_be(core::ptr::read_volatile((x0 + 4) as *const u32)).min(2 << 20);
         core::slice::from_raw_parts(x0 as *const u8, size as usize)
     };
-    let ram = match board::discover(tree) {
-        Ok(found) => found.memory.first().copied(),
-        Err(_) => None,
+    let (ram, bench) = match board::discover(tree) {
+        Ok(found) => (
+            found.memory.first().copied(),
+            found
+                .bootargs
+                .is_some_and(|a| a.split(' ').any(|w| w == "bench")),
+        ),
+        Err(_) => (None, false),
     };
+    if bench {
+        run_bench(&mut out);
+        let _ = smccc::psci::system_off::<Smc>();
+    }
 
     let mut passed = 0u32;
     let mut failed = 0u32;

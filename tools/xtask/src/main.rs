@@ -6,6 +6,7 @@
 //! - `run`: boots the hypervisor on QEMU (or a user-supplied FVP), decoding its log live.
 //! - `test`: host tests of every crate, then the QEMU scenarios, with a closing summary line.
 
+mod bench;
 mod image;
 mod linux;
 mod log_decoder;
@@ -38,6 +39,7 @@ commands:
       --timeout SECONDS            stop the run after this long (default 120)
       --hyp-args ARGS              the hypervisor's command line (e.g. hyp.selftest=...)
       --log-level LEVEL            defmt level compiled in: trace|debug|info|warn|error (default info)
+  bench                 trap costs in retired instructions (QEMU -icount, PMU), deterministic
   decode ELF LOG        decode a raw defmt log written by the image ELF
   test [--list] [NAME...]
                         host tests of every crate and the QEMU scenarios; NAME selects a subset
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         "run" => runner::run_command(rest),
         "test" => test::test_command(rest),
         "decode" => decode_command(rest),
+        "bench" => bench::bench_command(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)

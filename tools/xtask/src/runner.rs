@@ -55,7 +55,7 @@ pub(crate) enum Guest {
     /// Nothing: the hypervisor boots, checks and powers off.
     None,
     /// A bare-metal ELF (the test guest), entered at its entry point.
-    BareMetal { elf: PathBuf },
+    BareMetal { elf: PathBuf, args: String },
     /// An arm64 Linux `Image`, an initramfs, the kernel's command line, and a disk for
     /// virtio-blk.
     Linux {
@@ -205,9 +205,13 @@ pub(crate) fn run_command(args: &[String]) -> Result<ExitCode> {
     }
     options.guest = match guest_choice {
         GuestChoice::None => Guest::None,
-        GuestChoice::Elf(elf) => Guest::BareMetal { elf },
+        GuestChoice::Elf(elf) => Guest::BareMetal {
+            elf,
+            args: String::new(),
+        },
         GuestChoice::TestGuest => Guest::BareMetal {
             elf: image::build_test_guest(&tools)?.elf,
+            args: String::new(),
         },
         GuestChoice::Linux {
             kernel,
@@ -227,6 +231,7 @@ pub(crate) fn run_command(args: &[String]) -> Result<ExitCode> {
                 );
                 Guest::BareMetal {
                     elf: image::build_test_guest(&tools)?.elf,
+                    args: String::new(),
                 }
             }
         },
@@ -299,12 +304,15 @@ pub(crate) fn qemu_command(
     let mut hyp_args: Vec<String> = options.hyp_args.iter().cloned().collect();
     match &options.guest {
         Guest::None => {}
-        Guest::BareMetal { elf } => {
+        Guest::BareMetal { elf, args } => {
             command
                 .arg("-device")
                 .arg(format!("loader,file={}", elf.display()));
             let entry = crate::image::elf_entry(elf).unwrap_or(0);
             hyp_args.push(format!("hyp.guest=elf hyp.guest.entry={entry:#x}"));
+            if !args.is_empty() {
+                hyp_args.push(format!("-- {args}"));
+            }
         }
         Guest::Linux {
             kernel,

@@ -58,6 +58,7 @@ pub(crate) fn test_command(args: &[String]) -> Result<ExitCode> {
                     }
                     Guest::BareMetal {
                         elf: test_guest.clone().unwrap_or_default(),
+                        args: String::new(),
                     }
                 }
                 ScenarioGuest::DebianLinux => {
