@@ -173,7 +173,8 @@ pub fn primary_main(x0: u64) -> ! {
     }
 
     if let Some(test) = command_line.selftest {
-        run_self_test(test, platform);
+        // Issue 3 item 5: self-tests may map their own device windows into the EL2 map.
+        run_self_test(test, platform, &mut el2_map);
     }
     let Some(guest) = command_line.guest else {
         defmt::info!("no guest on the command line (hyp.guest=...): done");
@@ -230,8 +231,15 @@ fn guest_ram(bank: PhysRange) -> Option<PhysRange> {
 /// Self-tests that prove the hypervisor's own protections, selected by `hyp.selftest=NAME`.
 /// They exist to be run by `cargo xtask test`; the command line comes from the platform's boot
 /// chain, never from a guest.
-fn run_self_test(name: &str, platform: &board::Platform) {
+fn run_self_test(name: &str, platform: &board::Platform, el2_map: &mut Mapping<PagePool, El2>) {
     match name {
+        // Issue 3 item 5: the SMMU conformance cases, with `edu` DMA (see `crate::selftest`).
+        "smmu-conformance" => crate::selftest::smmu::run(platform, el2_map),
+        // The hypervisor's own costs in instructions (`cargo xtask bench`, under -icount).
+        "bench" => {
+            crate::bench::run();
+            exit(ExitStatus::Success);
+        }
         "el2-unmapped-read" => {
             // Guest RAM is deliberately absent from the EL2 map: this must fault.
             let address = platform.ram_base().get() + (256 << 20);

@@ -20,6 +20,11 @@ pub mod stats;
 #[cfg(target_os = "none")]
 pub mod arch;
 #[cfg(target_os = "none")]
+pub mod bench;
+#[cfg(target_os = "none")]
 pub mod boot;
 #[cfg(target_os = "none")]
 pub mod guest_boot;
+// Issue 3 item 5: EL2 self-tests that own the SMMU and drive `edu` DMA (`hyp.selftest=...`).
+#[cfg(target_os = "none")]
+pub mod selftest;

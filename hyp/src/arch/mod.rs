@@ -6,6 +6,7 @@
 pub mod guest;
 pub mod log;
 pub mod mmio;
+pub mod pmu;
 pub mod power;
 pub mod smmu;
 pub mod sysreg;

@@ -1,11 +1,15 @@
 //! `cargo xtask bench`: deterministic cost figures, in retired instructions.
 //!
 //! QEMU runs with `-icount shift=0`, where the PMU's instruction counter is exact and identical
-//! from run to run (wall-clock time under TCG says little, and these machines are shared). The
-//! test guest, booted with `bench` on its command line, counts with its PMU the instructions of
-//! each kind of trap, at EL1 and EL2 together and at EL2 alone (the hypervisor leaves the PMU to
-//! the guest, EL2 counting included). The figures are printed and written to
-//! `target/xtask/bench.txt`.
+//! from run to run (wall-clock time under TCG says little, and these machines are shared). Two
+//! runs:
+//! 1. the hypervisor alone with `hyp.selftest=bench`: its own costs at EL2 (command encode and
+//!    decode, CMD_SYNC round trips and batches on the SMMU, the per-trap event-queue look);
+//! 2. the test guest with `bench` on its command line: it counts with its PMU the instructions
+//!    of each kind of trap, at EL1 and EL2 together and at EL2 alone (the hypervisor leaves the
+//!    PMU to the guest, EL2 counting included).
+//!
+//! The figures are printed and written to `target/xtask/bench.txt`.
 
 use crate::image::{self, BuildOptions};
 use crate::runner::{self, Guest, RunOptions};
@@ -20,12 +24,37 @@ pub(crate) fn bench_command(args: &[String]) -> Result<ExitCode> {
     let tools = setup::ensure()?;
     let image = image::build(&tools, &BuildOptions::default())?;
     let guest = image::build_test_guest(&tools)?;
+    let icount = vec!["-icount".to_string(), "shift=0".to_string()];
+    let hypervisor = runner::run(
+        &tools,
+        &image,
+        &RunOptions {
+            hyp_args: Some("hyp.selftest=bench".into()),
+            extra_qemu_args: icount.clone(),
+            timeout: Duration::from_secs(120),
+            echo: false,
+            ..RunOptions::default()
+        },
+    )?;
+    let mut report = String::new();
+    for line in &hypervisor.log.lines {
+        if let Some(at) = line.find("bench: ") {
+            report.push_str(&format!("BENCH hypervisor {}\n", &line[at + 7..]));
+        }
+    }
+    if report.is_empty() || hypervisor.exit_code() != 0 {
+        println!("xtask: bench (hypervisor) failed: {}", hypervisor.verdict());
+        for line in hypervisor.log.lines.iter().rev().take(10).rev() {
+            println!("    [hyp] {line}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
     let options = RunOptions {
         guest: Guest::BareMetal {
             elf: guest.elf,
             args: "bench".into(),
         },
-        extra_qemu_args: vec!["-icount".into(), "shift=0".into()],
+        extra_qemu_args: icount,
         timeout: Duration::from_secs(120),
         echo: false,
         ..RunOptions::default()
@@ -43,10 +72,12 @@ pub(crate) fn bench_command(args: &[String]) -> Result<ExitCode> {
         }
         return Ok(ExitCode::FAILURE);
     }
-    let report: String = lines
-        .iter()
-        .map(|l| format!("{}\n", l.trim_end()))
-        .collect();
+    report.extend(lines.iter().map(|l| {
+        format!(
+            "BENCH guest {}\n",
+            l.trim_start_matches("BENCH ").trim_end()
+        )
+    }));
     print!("{report}");
     let path = workspace_root().join("target/xtask/bench.txt");
     if let Some(dir) = path.parent() {

@@ -136,6 +136,50 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         ],
         timeout_secs: 60,
     },
+    // Issue 3 item 5: the SMMU conformance cases, run at EL2 against QEMU's SMMU with `edu` DMA.
+    Scenario {
+        name: "smmu-conformance",
+        description: "the hypervisor alone owns the SMMU and drives edu DMA (stream 8) from EL2: \
+                      stage-2, stage-1 and nested translation; an unmapped IOVA, an abort STE and \
+                      an invalid STE block DMA with the events QEMU reports; a hitless stage-2 \
+                      replace; recovery from an illegal command; an S2AA64=0 STE refused",
+        guest: ScenarioGuest::None,
+        hyp_args: Some("hyp.selftest=smmu-conformance"),
+        qemu_args: &["-device", "edu,addr=1,dma_mask=0xffffffffffffffff"],
+        expect_status: 0,
+        expect_console: &[],
+        expect_log: &[
+            "SMMU enabled: GBPA abort",
+            "smmu-case stage2-dma-translates: PASS",
+            "smmu-case unmapped-iova-faults: PASS",
+            "smmu-case abort-ste-blocks: PASS",
+            "smmu-case missing-ste-aborts: PASS",
+            "smmu-case stage1-translates: PASS",
+            "smmu-case nested-translates: PASS",
+            "smmu-case hitless-stage2-replace: PASS",
+            "smmu-case illegal-command-recovered: PASS",
+            "smmu-case s2aa64-zero-refused: PASS",
+            "smmu-conformance: 9 passed, 0 failed",
+            "hypervisor exit: status 0",
+        ],
+        timeout_secs: 120,
+    },
+    Scenario {
+        name: "bench-runs",
+        description: "the hypervisor's cost self-test (hyp.selftest=bench, the source of `cargo xtask \
+                      bench`'s EL2 figures) runs to completion with the PMU counting at EL2",
+        guest: ScenarioGuest::None,
+        hyp_args: Some("hyp.selftest=bench"),
+        qemu_args: &["-icount", "shift=0"],
+        expect_status: 0,
+        expect_console: &[],
+        expect_log: &[
+            "bench: command encode",
+            "bench: batch of 32 CFGI_STE + CMD_SYNC",
+            "hypervisor exit: status 0",
+        ],
+        timeout_secs: 60,
+    },
     Scenario {
         name: "linux-virtio-blk",
         description: "an unmodified Debian arm64 kernel boots under the hypervisor with 2 vCPUs, its \

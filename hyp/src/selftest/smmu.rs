@@ -1,0 +1,1011 @@
+//! `hyp.selftest=smmu-conformance`: the hypervisor's SMMU stack against the physical SMMU, with
+//! QEMU's `edu` device as the DMA master.
+//!
+//! The test owns one stream, `edu`'s (00:01.0, stream ID 8 on QEMU virt), and nothing else: no
+//! guest runs. It builds SMMU stage-2 tables with the project's stage-2 code (`aarch64-paging`'s
+//! stage-2 regime, [`crate::stage2`]'s geometry and attributes, a static table pool), stage-1
+//! tables by hand (4 KiB granule, 39-bit input, walk from level 1) so that their next-level
+//! pointers can be IPAs under nesting, and every STE and CD with `smmu::entry`'s make functions,
+//! installed by its hitless installer through the driver's STE writer. DMA buffers are static
+//! pages in the image's bss (identity mapped: a pointer is a physical address).
+//!
+//! Each named case logs `smmu-case NAME: PASS` or `smmu-case NAME: FAIL why`; the run ends with
+//! `smmu-conformance: N passed, M failed`, the stream back to abort, and exit status 0 only if
+//! every case passed. Every wait is bounded: DMA by the generic timer (see [`super::edu`]),
+//! syncs by the driver's poll budgets, event draining by a round count.
+
+use super::edu::{self, Direction, Edu};
+use crate::arch::power::{ExitStatus, exit};
+use crate::arch::smmu::{HypPlatform, PhysicalSmmu, SMMU, SmmuRegisters, StaticDma};
+use crate::page_pool::{PageFrame, PagePool, StaticFrames};
+use crate::stage2::{self, Stage2Kind};
+use aarch64_paging::{
+    Mapping,
+    descriptor::PhysicalAddress,
+    paging::{Constraints, El2, MemoryRegion, Stage2},
+};
+use board::RequesterId;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
+use smmu::cd::Cd;
+use smmu::command::{Cmd, Command};
+use smmu::driver::{CommandErrorKind, Error as DriverError, EventIntake, Platform, SteWriter};
+use smmu::entry::install::{
+    EntryWriter, InstallError, InstallReport, PhysicalEntryError, UpdatePath, check_physical_ste,
+    install_cd, install_ste,
+};
+use smmu::entry::make::{
+    ContextTable, ContextTableParameters, Mair, Stage1Parameters, Stage1Translation,
+    Stage2Parameters, Stage2Translation, StartLevel, make_abort_ste, make_cd, make_nested_ste,
+    make_stage1_ste, make_stage2_ste,
+};
+use smmu::event::{Event, EventAddress, EventId, FaultClass};
+use smmu::ste::{S1Dss, S1Fmt, Ste};
+use smmu::translation::{AddressSize, Cacheability, Granule, Shareability};
+use smmu::{Asid, Ipa, PhysAddr, PhysRange, StreamId, SubstreamId, Vmid};
+
+/// The function the test drives: `edu` at bus 0, device 1, function 0.
+const EDU_FUNCTION: (u8, u8, u8) = (0, 1, 0);
+
+const PAGE: u64 = 4096;
+const WORDS_PER_PAGE: usize = 512;
+
+/// The test's pages, by index.
+mod page {
+    /// What DMA reads (RAM to device).
+    pub(super) const SOURCE: usize = 0;
+    /// Where translated DMA writes land (stage-2 table A, stage 1, nested).
+    pub(super) const DESTINATION: usize = 1;
+    /// Where translated DMA writes land through stage-2 table B.
+    pub(super) const DESTINATION_B: usize = 2;
+    /// A page no translation maps: it must never change.
+    pub(super) const CANARY: usize = 3;
+    /// The stage-1-only stream's CD table (one CD) and stage-1 tables (levels 1, 2, 3).
+    pub(super) const S1_CD: usize = 4;
+    pub(super) const S1_L1: usize = 5;
+    pub(super) const S1_L2: usize = 6;
+    pub(super) const S1_L3: usize = 7;
+    /// The nested stream's CD table and stage-1 tables, reached through stage 2 at
+    /// [`IPA_S1_AREA`](super::IPA_S1_AREA) in this order.
+    pub(super) const NESTED_CD: usize = 8;
+    pub(super) const NESTED_L1: usize = 9;
+    pub(super) const NESTED_L2: usize = 10;
+    pub(super) const NESTED_L3: usize = 11;
+    /// How many.
+    pub(super) const COUNT: usize = 12;
+}
+
+/// The IOVA window of the stage-2 cases (IPA == IOVA): far from RAM, so a translation that
+/// did not happen could not land in the buffers.
+const IPA_SOURCE: u64 = 0x1_0000_0000;
+const IPA_DESTINATION: u64 = 0x1_0000_1000;
+/// Where stage 2 shows the nested stream its CD and stage-1 tables.
+const IPA_S1_AREA: u64 = 0x2_0000_0000;
+/// The IOVAs of the stage-1 cases.
+const VA_SOURCE: u64 = 0x7_0000_0000;
+const VA_DESTINATION: u64 = 0x7_0000_1000;
+
+/// VMIDs and ASIDs the test uses (no guest runs, so none is taken).
+const VMID_STAGE2: Vmid = Vmid(0x51);
+const VMID_STAGE1: Vmid = Vmid(0x52);
+const ASID_STAGE1: Asid = Asid(1);
+const ASID_NESTED: Asid = Asid(2);
+
+/// Stage-1 geometry: T0SZ = 25 (39-bit IOVAs), so the walk starts at level 1 with a full
+/// 4 KiB table.
+const STAGE1_T0SZ: u8 = 25;
+/// MAIR: index 0 Normal write-back (0xff), index 1 Device-nGnRE (0x04).
+const STAGE1_MAIR: Mair = Mair(0x04ff);
+/// A stage-1 table descriptor (bits 1:0 = 0b11), before its address.
+const S1_TABLE: u64 = 0b11;
+/// A stage-1 level-3 page descriptor: AttrIndx 0, AP = read/write, inner shareable, AF,
+/// PXN and UXN (a device never executes).
+const S1_PAGE: u64 = 0b11 | (0b01 << 6) | (0b11 << 8) | (1 << 10) | (1 << 53) | (1 << 54);
+
+/// What the canary page holds.
+const CANARY: u64 = 0xcaca_caca_caca_caca;
+
+/// Bytes of each DMA meant to be blocked: QEMU reports a failed transfer once per 4 bytes,
+/// so 8 bytes give two events, well inside the event queue.
+const BLOCKED_DMA_BYTES: u64 = 8;
+
+/// An undefined command opcode, for the illegal-command case.
+const UNDEFINED_OPCODE: u8 = 0x7f;
+
+/// Stage-2 table pools: table A (the main one) and table B (its replacement).
+static STAGE2_A_TABLES: StaticFrames<8> = StaticFrames::new();
+static STAGE2_B_TABLES: StaticFrames<8> = StaticFrames::new();
+
+/// The test's DMA pages.
+struct TestPages {
+    frames: UnsafeCell<[PageFrame; page::COUNT]>,
+    taken: AtomicBool,
+}
+
+// SAFETY: the frames are reachable only through `Pages`, handed out once by `take`.
+unsafe impl Sync for TestPages {}
+
+static TEST_PAGES: TestPages = TestPages {
+    frames: UnsafeCell::new([PageFrame::ZEROED; page::COUNT]),
+    taken: AtomicBool::new(false),
+};
+
+/// The test's pages, accessed only with volatile 64-bit loads and stores: the device and the
+/// SMMU read and write them behind the compiler's back, so no reference into them is ever made.
+#[derive(Debug)]
+struct Pages {
+    base: u64,
+}
+
+impl Pages {
+    fn take() -> Option<Self> {
+        if TEST_PAGES.taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(Self {
+            base: TEST_PAGES.frames.get() as u64,
+        })
+    }
+
+    /// The physical (and EL2 virtual: identity map) address of page `index`.
+    fn address(&self, index: usize) -> u64 {
+        self.base + index as u64 * PAGE
+    }
+
+    fn word_pointer(&self, index: usize, word: usize) -> *mut u64 {
+        let index = index.min(page::COUNT - 1);
+        let word = word.min(WORDS_PER_PAGE - 1);
+        (self.address(index) + word as u64 * 8) as *mut u64
+    }
+
+    fn read(&self, index: usize, word: usize) -> u64 {
+        // SAFETY: the pointer is clamped into the test's pages (aligned, in bss, mapped
+        // read-write at EL2) which only `Pages` accesses; a volatile load of a word the device
+        // may be writing is still a defined read of plain memory.
+        unsafe { core::ptr::read_volatile(self.word_pointer(index, word)) }
+    }
+
+    fn write(&self, index: usize, word: usize, value: u64) {
+        // SAFETY: as in `read`; nothing holds a reference into these pages.
+        unsafe { core::ptr::write_volatile(self.word_pointer(index, word), value) }
+    }
+
+    fn fill(&self, index: usize, value: impl Fn(usize) -> u64) {
+        for word in 0..WORDS_PER_PAGE {
+            self.write(index, word, value(word));
+        }
+        barrier();
+    }
+
+    /// The first of the first `words` words of page `index` that differs from `value`.
+    fn first_difference(
+        &self,
+        index: usize,
+        words: usize,
+        value: impl Fn(usize) -> u64,
+    ) -> Option<(usize, u64)> {
+        barrier();
+        (0..words.min(WORDS_PER_PAGE))
+            .map(|word| (word, self.read(index, word)))
+            .find(|&(word, got)| got != value(word))
+    }
+}
+
+/// A full barrier: stores before it are visible to the SMMU and devices, and their writes
+/// visible to loads after it.
+fn barrier() {
+    // SAFETY: a barrier has no effect on memory contents.
+    unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// The test pattern for `seed`: different for every seed and every word.
+fn pattern(seed: u64) -> impl Fn(usize) -> u64 {
+    move |word| seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (word as u64).wrapping_mul(0x0101_0101)
+}
+
+/// The installer's stores and syncs, through the driver's STE writer.
+struct SteInstallWriter<'d> {
+    writer: SteWriter<'d, SmmuRegisters, StaticDma, HypPlatform>,
+    /// A store the writer refused (a word index above 7: cannot happen with the installer),
+    /// reported by the next sync.
+    refused: Option<DriverError>,
+}
+
+impl EntryWriter for SteInstallWriter<'_> {
+    type Error = DriverError;
+
+    fn write_qword(&mut self, index: usize, value: u64) {
+        if let Err(error) = self.writer.write_word(index, value) {
+            self.refused.get_or_insert(error);
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), DriverError> {
+        if let Some(error) = self.refused.take() {
+            return Err(error);
+        }
+        self.writer.invalidate()
+    }
+}
+
+/// The installer's stores and syncs for a CD in one of the test's pages.
+struct CdInstallWriter<'a> {
+    driver: &'a mut PhysicalSmmu,
+    pages: &'a Pages,
+    page: usize,
+    stream: StreamId,
+}
+
+impl EntryWriter for CdInstallWriter<'_> {
+    type Error = DriverError;
+
+    fn write_qword(&mut self, index: usize, value: u64) {
+        self.driver.platform().dma_barrier();
+        self.pages.write(self.page, index, value);
+    }
+
+    fn sync(&mut self) -> Result<(), DriverError> {
+        self.driver.platform().dma_barrier();
+        self.driver.submit_and_sync(&[Cmd::CfgiCd {
+            sid: self.stream,
+            ssid: SubstreamId(0),
+            leaf: true,
+        }])
+    }
+}
+
+/// What one drain of the event queue found.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The decoded events, the first 16.
+    events: heapless::Vec<Event, 16>,
+    /// Every decoded event.
+    total: u32,
+    /// Undecodable records, overflows and global errors.
+    anomalies: u32,
+}
+
+impl Seen {
+    /// Checks that exactly `count` events were seen, every one `id` and satisfying `check`,
+    /// and nothing else.
+    fn expect(
+        &self,
+        id: EventId,
+        count: u32,
+        check: impl Fn(&Event) -> bool,
+    ) -> Result<(), &'static str> {
+        if self.anomalies != 0 {
+            return Err("undecodable event, overflow or global error");
+        }
+        if self.total != count {
+            defmt::warn!(
+                "expected {=u32} {} events, saw {=u32}",
+                count,
+                id,
+                self.total
+            );
+            return Err("wrong number of events");
+        }
+        if let Some(bad) = self.events.iter().find(|e| e.id != id || !check(e)) {
+            defmt::warn!("unexpected event: {}", bad);
+            return Err("an event does not match");
+        }
+        Ok(())
+    }
+
+    fn expect_none(&self) -> Result<(), &'static str> {
+        if self.total != 0 || self.anomalies != 0 {
+            return Err("an event was raised");
+        }
+        Ok(())
+    }
+}
+
+/// The state the cases share.
+struct Conformance<'a> {
+    driver: &'a mut PhysicalSmmu,
+    edu: Edu,
+    pages: Pages,
+    stream: StreamId,
+    /// Stage-2 table A: IPA_SOURCE -> SOURCE, IPA_DESTINATION -> DESTINATION, the nested
+    /// stream's CD and stage-1 tables at IPA_S1_AREA.
+    stage2_a: Stage2Translation,
+    /// Stage-2 table B, same VMID: IPA_SOURCE -> SOURCE, IPA_DESTINATION -> DESTINATION_B.
+    stage2_b: Stage2Translation,
+    /// The next pattern seed: every transfer uses a fresh one, so stale data never passes.
+    seed: u64,
+    passed: u32,
+    failed: u32,
+}
+
+/// Runs the self-test and ends the run with its verdict.
+pub fn run(platform: &board::Platform, el2_map: &mut Mapping<PagePool, El2>) -> ! {
+    let (bus, device, function) = EDU_FUNCTION;
+    let Some(requester) = RequesterId::new(bus, device, function) else {
+        setup_failed("edu's requester ID")
+    };
+    let Some(stream) = platform.pcie.stream_id(requester) else {
+        setup_failed("edu's stream ID: the platform's iommu-map does not cover 00:01.0")
+    };
+    let config = PhysRange::new(
+        platform.pcie.ecam.base.get() + (u64::from(requester.0) << 12),
+        edu::CONFIG_PAGE_SIZE,
+    );
+    let bar0 = PhysRange::new(platform.pcie.mmio32.base.get(), edu::REGISTER_PAGE_SIZE);
+    if let Err(window) = super::map_device_windows(
+        el2_map,
+        &[("edu configuration page", config), ("edu BAR0", bar0)],
+    ) {
+        defmt::error!("could not map {=str}", window);
+        setup_failed("EL2 map");
+    }
+    // SAFETY: `config` is 00:01.0's ECAM page and `bar0` the start of the 32-bit PCI memory
+    // window, which nothing else uses (no guest runs), both just mapped as device memory and
+    // kept mapped until the run ends; the test owns the function's stream (below).
+    let edu = match unsafe { Edu::probe(config.base.get(), bar0.base.get()) } {
+        Ok(edu) => edu,
+        Err(error) => {
+            defmt::error!("edu at 00:01.0: {}", error);
+            setup_failed("no edu device (QEMU needs -device edu,addr=1,dma_mask=...)");
+        }
+    };
+    defmt::info!(
+        "smmu-conformance: edu at 00:01.0, stream {=u32:#x}, BAR0 at {=u64:#x}",
+        stream.get(),
+        bar0.base.get()
+    );
+
+    let mut guard = SMMU.lock();
+    let Some(driver) = guard.as_mut() else {
+        setup_failed("the SMMU was not brought up")
+    };
+    let Some(pages) = Pages::take() else {
+        setup_failed("test pages already taken")
+    };
+    let (Some(pool_a), Some(pool_b)) = (STAGE2_A_TABLES.take(), STAGE2_B_TABLES.take()) else {
+        setup_failed("stage-2 pools already taken")
+    };
+    // Stage 2 shows the nested stream its CD and stage-1 tables at IPA_S1_AREA, in page order.
+    let area = |index: u64| IPA_S1_AREA + index * PAGE;
+    let map_a = [
+        (IPA_SOURCE, pages.address(page::SOURCE)),
+        (IPA_DESTINATION, pages.address(page::DESTINATION)),
+        (area(0), pages.address(page::NESTED_CD)),
+        (area(1), pages.address(page::NESTED_L1)),
+        (area(2), pages.address(page::NESTED_L2)),
+        (area(3), pages.address(page::NESTED_L3)),
+    ];
+    let map_b = [
+        (IPA_SOURCE, pages.address(page::SOURCE)),
+        (IPA_DESTINATION, pages.address(page::DESTINATION_B)),
+    ];
+    let (Ok(table_a), Ok(table_b)) = (build_stage2(pool_a, &map_a), build_stage2(pool_b, &map_b))
+    else {
+        setup_failed("building the stage-2 tables")
+    };
+    let features = *driver.features();
+    let translation = |root: u64| {
+        Stage2Translation::new(
+            Stage2Parameters {
+                vmid: VMID_STAGE2,
+                s2ttb: PhysAddr(root),
+                s2t0sz: stage2::T0SZ as u8,
+                s2sl0: StartLevel::Level0,
+                s2tg: Granule::Size4K,
+                s2ps: AddressSize::Bits44,
+                s2ir0: Cacheability::WriteBackWriteAllocate,
+                s2or0: Cacheability::WriteBackWriteAllocate,
+                s2sh0: Shareability::InnerShareable,
+                s2r: true,
+                s2affd: false,
+                s2ptw: false,
+            },
+            &features,
+        )
+    };
+    let (Ok(stage2_a), Ok(stage2_b)) = (
+        translation(table_a.root_address().0 as u64),
+        translation(table_b.root_address().0 as u64),
+    ) else {
+        setup_failed("stage-2 translations refused by smmu::entry::make")
+    };
+    let mut test = Conformance {
+        driver,
+        edu,
+        pages,
+        stream,
+        stage2_a,
+        stage2_b,
+        seed: 1,
+        passed: 0,
+        failed: 0,
+    };
+    let cases: [(&'static str, Case<'_>); 9] = [
+        ("stage2-dma-translates", Conformance::stage2_dma_translates),
+        ("unmapped-iova-faults", Conformance::unmapped_iova_faults),
+        ("abort-ste-blocks", Conformance::abort_ste_blocks),
+        ("missing-ste-aborts", Conformance::missing_ste_aborts),
+        ("stage1-translates", Conformance::stage1_translates),
+        ("nested-translates", Conformance::nested_translates),
+        (
+            "hitless-stage2-replace",
+            Conformance::hitless_stage2_replace,
+        ),
+        (
+            "illegal-command-recovered",
+            Conformance::illegal_command_recovered,
+        ),
+        ("s2aa64-zero-refused", Conformance::s2aa64_zero_refused),
+    ];
+    for (name, case) in cases {
+        test.run_case(name, case);
+    }
+    let clean = test.restore_abort();
+    let (passed, failed) = (test.passed, test.failed);
+    defmt::info!(
+        "smmu-conformance: {=u32} passed, {=u32} failed",
+        passed,
+        failed
+    );
+    // The SMMU walked these tables until the stream went back to abort just now; the run ends
+    // here, so they are never freed either way.
+    core::mem::forget(table_a);
+    core::mem::forget(table_b);
+    drop(guard);
+    exit(if failed == 0 && clean {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Failure
+    })
+}
+
+type Case<'a> = fn(&mut Conformance<'a>) -> Result<(), &'static str>;
+
+fn setup_failed(why: &str) -> ! {
+    defmt::error!("smmu-conformance: setup failed: {=str}", why);
+    exit(ExitStatus::Failure)
+}
+
+/// A stage-2 table mapping each `(ipa, pa)` page, with RAM attributes, from `pool`.
+fn build_stage2(
+    pool: PagePool,
+    pages: &[(u64, u64)],
+) -> Result<Mapping<PagePool, Stage2>, &'static str> {
+    let mut map = Mapping::new(pool, stage2::ROOT_LEVEL, Stage2);
+    for &(ipa, pa) in pages {
+        map.map_range(
+            &MemoryRegion::new(ipa as usize, (ipa + PAGE) as usize),
+            PhysicalAddress(pa as usize),
+            Stage2Kind::Ram.attributes(),
+            Constraints::empty(),
+        )
+        .map_err(|_| "stage-2 map")?;
+    }
+    Ok(map)
+}
+
+impl<'a> Conformance<'a> {
+    fn run_case(&mut self, name: &'static str, case: Case<'a>) {
+        // Whatever an earlier case left in the queue is not this case's.
+        let stray = self.drain();
+        if stray.total != 0 || stray.anomalies != 0 {
+            defmt::warn!(
+                "smmu-case {=str}: {=u32} stray events before the case",
+                name,
+                stray.total
+            );
+        }
+        match case(self) {
+            Ok(()) => {
+                self.passed += 1;
+                defmt::info!("smmu-case {=str}: PASS", name);
+            }
+            Err(why) => {
+                self.failed += 1;
+                defmt::error!("smmu-case {=str}: FAIL {=str}", name, why);
+            }
+        }
+    }
+
+    fn next_seed(&mut self) -> u64 {
+        self.seed += 1;
+        self.seed
+    }
+
+    fn address(&self, index: usize) -> u64 {
+        self.pages.address(index)
+    }
+
+    /// Installs `target` on the test's stream with the hitless installer, or says why not.
+    fn try_install(
+        &mut self,
+        target: &Ste,
+    ) -> Result<Result<InstallReport, InstallError<DriverError>>, &'static str> {
+        let writer = self.driver.ste_writer(self.stream).map_err(|error| {
+            defmt::error!("STE writer: {}", error);
+            "no STE writer for the stream"
+        })?;
+        let mut writer = SteInstallWriter {
+            writer,
+            refused: None,
+        };
+        let mut current = writer.writer.read();
+        Ok(install_ste(&mut writer, &mut current, target))
+    }
+
+    /// Installs `target` and invalidates the TLB entries of the test's VMIDs.
+    fn install(&mut self, target: &Ste) -> Result<InstallReport, &'static str> {
+        let report = self.try_install(target)?.map_err(|error| {
+            defmt::error!("STE install: {}", error);
+            "STE install failed"
+        })?;
+        defmt::debug!("STE installed: {}", report);
+        self.invalidate_tlbs()?;
+        Ok(report)
+    }
+
+    fn invalidate_tlbs(&mut self) -> Result<(), &'static str> {
+        self.driver
+            .submit_and_sync(&[
+                Cmd::TlbiS12Vmall { vmid: VMID_STAGE2 },
+                Cmd::TlbiS12Vmall { vmid: VMID_STAGE1 },
+            ])
+            .map_err(|error| {
+                defmt::error!("TLB invalidation: {}", error);
+                "TLB invalidation failed"
+            })
+    }
+
+    /// Installs `target` into the CD in page `page` (the stream's single CD, SSID 0).
+    fn install_cd(&mut self, page: usize, target: &Cd) -> Result<InstallReport, &'static str> {
+        let mut current = Cd::from_words(core::array::from_fn(|word| self.pages.read(page, word)));
+        let mut writer = CdInstallWriter {
+            driver: self.driver,
+            pages: &self.pages,
+            page,
+            stream: self.stream,
+        };
+        install_cd(&mut writer, &mut current, target).map_err(|error| {
+            defmt::error!("CD install: {}", error);
+            "CD install failed"
+        })
+    }
+
+    fn dma(&mut self, direction: Direction, address: u64, count: u64) -> Result<(), &'static str> {
+        self.edu.dma(direction, address, 0, count).map_err(|error| {
+            defmt::error!("edu DMA {} at {=u64:#x}: {}", direction, address, error);
+            "edu DMA did not complete"
+        })
+    }
+
+    /// Fills the source page with a fresh pattern, has the device read a page from
+    /// `source_iova` and write it to `destination_iova`; returns the seed.
+    fn copy_through(
+        &mut self,
+        source_iova: u64,
+        destination_iova: u64,
+    ) -> Result<u64, &'static str> {
+        let seed = self.next_seed();
+        self.pages.fill(page::SOURCE, pattern(seed));
+        self.dma(Direction::RamToDevice, source_iova, edu::DEVICE_BUFFER_SIZE)?;
+        self.dma(
+            Direction::DeviceToRam,
+            destination_iova,
+            edu::DEVICE_BUFFER_SIZE,
+        )?;
+        Ok(seed)
+    }
+
+    /// Checks that page `index` holds the pattern of `seed`.
+    fn expect_pattern(&self, index: usize, seed: u64) -> Result<(), &'static str> {
+        match self
+            .pages
+            .first_difference(index, WORDS_PER_PAGE, pattern(seed))
+        {
+            None => Ok(()),
+            Some((word, got)) => {
+                defmt::warn!(
+                    "page {=usize} word {=usize}: {=u64:#x}, expected {=u64:#x}",
+                    index,
+                    word,
+                    got,
+                    pattern(seed)(word)
+                );
+                Err("the data did not arrive where the translation points")
+            }
+        }
+    }
+
+    /// Checks that page `index` still holds only the canary.
+    fn expect_canary(&self, index: usize) -> Result<(), &'static str> {
+        match self
+            .pages
+            .first_difference(index, WORDS_PER_PAGE, |_| CANARY)
+        {
+            None => Ok(()),
+            Some((word, got)) => {
+                defmt::warn!(
+                    "page {=usize} word {=usize} overwritten: {=u64:#x}",
+                    index,
+                    word,
+                    got
+                );
+                Err("a blocked DMA reached memory")
+            }
+        }
+    }
+
+    /// Takes everything from the event queue (bounded) and the global errors.
+    fn drain(&mut self) -> Seen {
+        let mut seen = Seen::default();
+        for _ in 0..16 {
+            let report = self.driver.drain_events(256, |intake| match intake {
+                EventIntake::Event(event) => {
+                    if seen.total < 8 {
+                        defmt::info!(
+                            "  SMMU event {} stream {=u32:#x} {=str} s2 {=bool} class {} input {=u64:#x} addr2 {}",
+                            event.id,
+                            event.sid.get(),
+                            if event.rnw { "read" } else { "write" },
+                            event.s2,
+                            event.class,
+                            event.input_addr.get(),
+                            event.addr2
+                        );
+                    }
+                    seen.total += 1;
+                    let _ = seen.events.push(event);
+                }
+                EventIntake::Undecodable { record, error } => {
+                    defmt::warn!("  SMMU event undecodable ({}): {}", error, record);
+                    seen.anomalies += 1;
+                }
+                EventIntake::Overflowed => {
+                    defmt::warn!("  SMMU event queue overflowed");
+                    seen.anomalies += 1;
+                }
+            });
+            match report {
+                Ok(report) if report.remaining != 0 => {}
+                Ok(_) => break,
+                Err(error) => {
+                    defmt::error!("draining events: {}", error);
+                    seen.anomalies += 1;
+                    break;
+                }
+            }
+        }
+        let globals = self.driver.handle_global_errors(|error| {
+            defmt::warn!("  SMMU global error: {}", error);
+            seen.anomalies += 1;
+        });
+        if let Err(error) = globals {
+            defmt::error!("global errors: {}", error);
+            seen.anomalies += 1;
+        }
+        seen
+    }
+
+    fn stage2_ste(&self, translation: &Stage2Translation) -> Ste {
+        make_stage2_ste(translation)
+    }
+
+    /// Case 1: the device reads and writes through stage 2 at IPAs that differ from the
+    /// buffers' physical addresses; the data arrives where stage 2 points.
+    fn stage2_dma_translates(&mut self) -> Result<(), &'static str> {
+        let ste = self.stage2_ste(&self.stage2_a);
+        self.install(&ste)?;
+        self.pages.fill(page::DESTINATION, |_| 0);
+        let seed = self.copy_through(IPA_SOURCE, IPA_DESTINATION)?;
+        self.expect_pattern(page::DESTINATION, seed)?;
+        self.drain().expect_none()
+    }
+
+    /// Case 2: a write to an IOVA stage 2 does not map changes nothing (the IOVA is the
+    /// canary's physical address, so a bypass would hit it) and is reported as F_TRANSLATION
+    /// at stage 2 for the stream, with the faulting address (S2R = 1).
+    fn unmapped_iova_faults(&mut self) -> Result<(), &'static str> {
+        let ste = self.stage2_ste(&self.stage2_a);
+        self.install(&ste)?;
+        // Give the device buffer known content, so a write that got through would show.
+        self.copy_through(IPA_SOURCE, IPA_DESTINATION)?;
+        self.pages.fill(page::CANARY, |_| CANARY);
+        let canary = self.address(page::CANARY);
+        let _ = self.drain();
+        self.dma(Direction::DeviceToRam, canary, BLOCKED_DMA_BYTES)?;
+        self.expect_canary(page::CANARY)?;
+        let seen = self.drain();
+        let stream = self.stream;
+        // QEMU reports each 4-byte access: 8 bytes give two records, in order, input addresses
+        // canary and canary + 4, both naming the faulting IPA's page in word 3.
+        seen.expect(EventId::FTranslation, 2, |event| {
+            event.sid == stream
+                && event.ssid.is_none()
+                && event.s2
+                && !event.rnw
+                && event.class == FaultClass::Input
+                && event.addr2 == EventAddress::Ipa(Ipa(canary))
+        })?;
+        let inputs_in_order = seen
+            .events
+            .iter()
+            .zip((canary..).step_by(4))
+            .all(|(event, expected)| event.input_addr.get() == expected);
+        if !inputs_in_order {
+            return Err("the events do not name the faulting addresses");
+        }
+        Ok(())
+    }
+
+    /// The two writes the blocking cases issue: to the canary's physical address (a bypass
+    /// would land there) and to IPA_DESTINATION (stage 2 A, if still used, would land in
+    /// DESTINATION). Both pages must keep the canary.
+    fn blocked_writes(&mut self) -> Result<(), &'static str> {
+        self.pages.fill(page::CANARY, |_| CANARY);
+        self.pages.fill(page::DESTINATION, |_| CANARY);
+        let canary = self.address(page::CANARY);
+        self.dma(Direction::DeviceToRam, canary, BLOCKED_DMA_BYTES)?;
+        self.dma(Direction::DeviceToRam, IPA_DESTINATION, BLOCKED_DMA_BYTES)?;
+        self.expect_canary(page::CANARY)?;
+        self.expect_canary(page::DESTINATION)
+    }
+
+    /// Case 3: an abort STE stops DMA before memory, silently (Config = abort records nothing).
+    fn abort_ste_blocks(&mut self) -> Result<(), &'static str> {
+        // Stage 2 A first, with the device buffer loaded and stage 2 A's translations cached.
+        let ste = self.stage2_ste(&self.stage2_a);
+        self.install(&ste)?;
+        self.copy_through(IPA_SOURCE, IPA_DESTINATION)?;
+        self.install(&make_abort_ste())?;
+        let _ = self.drain();
+        self.blocked_writes()?;
+        self.drain().expect_none()
+    }
+
+    /// Case 4: a stream whose STE is invalid (V = 0) is blocked, and QEMU reports C_BAD_STE once
+    /// per 4 bytes, for the stream (the architecture's answer to a V = 0 STE; the driver's fresh
+    /// level-2 tables hold only such STEs).
+    fn missing_ste_aborts(&mut self) -> Result<(), &'static str> {
+        self.install(&Ste::INVALID)?;
+        let _ = self.drain();
+        self.blocked_writes()?;
+        let seen = self.drain();
+        let stream = self.stream;
+        // Two 8-byte writes, one C_BAD_STE per 4 bytes. The record names the stream only:
+        // C_BAD_STE carries no address (QEMU leaves those words zero).
+        seen.expect(EventId::CBadSte, 2 * 2, |event| {
+            event.sid == stream && event.ssid.is_none() && !event.s2
+        })
+    }
+
+    /// Writes a level-1/2/3 stage-1 table chain in pages `l1`, `l2`, `l3` (which the SMMU
+    /// finds at `l2_address` and `l3_address`: PAs for stage 1 alone, IPAs under nesting)
+    /// mapping each `(iova, output)` page. Every IOVA must share the level-1 and level-2 entries.
+    fn write_stage1_tables(
+        &self,
+        tables: [usize; 3],
+        l2_address: u64,
+        l3_address: u64,
+        leaves: &[(u64, u64)],
+    ) {
+        let [l1, l2, l3] = tables;
+        for index in tables {
+            self.pages.fill(index, |_| 0);
+        }
+        for &(iova, output) in leaves {
+            let index = |level_shift: u32| ((iova >> level_shift) & 511) as usize;
+            self.pages.write(l1, index(30), l2_address | S1_TABLE);
+            self.pages.write(l2, index(21), l3_address | S1_TABLE);
+            self.pages.write(l3, index(12), output | S1_PAGE);
+        }
+        barrier();
+    }
+
+    fn stage1_parameters<A>(asid: Asid, ttb0: A) -> Stage1Parameters<A> {
+        Stage1Parameters {
+            asid,
+            ttb0,
+            t0sz: STAGE1_T0SZ,
+            tg0: Granule::Size4K,
+            ir0: Cacheability::WriteBackWriteAllocate,
+            or0: Cacheability::WriteBackWriteAllocate,
+            sh0: Shareability::InnerShareable,
+            ips: AddressSize::Bits44,
+            mair: STAGE1_MAIR,
+        }
+    }
+
+    fn context_table<A>(pointer: A) -> ContextTableParameters<A> {
+        ContextTableParameters {
+            s1context_ptr: pointer,
+            s1fmt: S1Fmt::Linear,
+            // QEMU has no substreams (SSIDSIZE = 0): one CD.
+            s1cdmax: 0,
+            s1dss: S1Dss::Terminate,
+            s1cir: Cacheability::WriteBackWriteAllocate,
+            s1cor: Cacheability::WriteBackWriteAllocate,
+            s1csh: Shareability::InnerShareable,
+        }
+    }
+
+    /// Case 5a: stage 1 alone, with tables and a CD at physical addresses.
+    fn stage1_translates(&mut self) -> Result<(), &'static str> {
+        let features = *self.driver.features();
+        let (source, destination) = (self.address(page::SOURCE), self.address(page::DESTINATION));
+        self.write_stage1_tables(
+            [page::S1_L1, page::S1_L2, page::S1_L3],
+            self.address(page::S1_L2),
+            self.address(page::S1_L3),
+            &[(VA_SOURCE, source), (VA_DESTINATION, destination)],
+        );
+        let translation = Stage1Translation::new(
+            Self::stage1_parameters(ASID_STAGE1, PhysAddr(self.address(page::S1_L1))),
+            &features,
+        )
+        .map_err(|error| {
+            defmt::error!("stage 1: {}", error);
+            "stage-1 translation refused by make"
+        })?;
+        self.install_cd(page::S1_CD, &make_cd(&translation))?;
+        let table = ContextTable::new(
+            Self::context_table(PhysAddr(self.address(page::S1_CD))),
+            &features,
+        )
+        .map_err(|_| "CD table refused by make")?;
+        let ste = make_stage1_ste(&table, VMID_STAGE1, &features)
+            .map_err(|_| "stage-1 STE refused by make")?;
+        self.install(&ste)?;
+        self.pages.fill(page::DESTINATION, |_| 0);
+        let seed = self.copy_through(VA_SOURCE, VA_DESTINATION)?;
+        self.expect_pattern(page::DESTINATION, seed)?;
+        self.drain().expect_none()
+    }
+
+    /// Case 5b: stage 1 nested over stage 2 A. The STE's CD pointer, the CD's TTB0, every
+    /// table pointer and every stage-1 output are IPAs, none equal to the physical address
+    /// behind it: the SMMU must translate each through stage 2.
+    fn nested_translates(&mut self) -> Result<(), &'static str> {
+        let features = *self.driver.features();
+        let area = |offset: u64| IPA_S1_AREA + offset * PAGE;
+        self.write_stage1_tables(
+            [page::NESTED_L1, page::NESTED_L2, page::NESTED_L3],
+            area(2),
+            area(3),
+            &[(VA_SOURCE, IPA_SOURCE), (VA_DESTINATION, IPA_DESTINATION)],
+        );
+        let translation = Stage1Translation::new(
+            Self::stage1_parameters(ASID_NESTED, Ipa(area(1))),
+            &features,
+        )
+        .map_err(|error| {
+            defmt::error!("nested stage 1: {}", error);
+            "nested stage-1 translation refused by make"
+        })?;
+        self.install_cd(page::NESTED_CD, &make_cd(&translation))?;
+        let table = ContextTable::new(Self::context_table(Ipa(area(0))), &features)
+            .map_err(|_| "CD table refused by make")?;
+        let ste = make_nested_ste(&table, &self.stage2_a).map_err(|error| {
+            defmt::error!("nested STE: {}", error);
+            "nested STE refused by make"
+        })?;
+        self.install(&ste)?;
+        self.pages.fill(page::DESTINATION, |_| 0);
+        let seed = self.copy_through(VA_SOURCE, VA_DESTINATION)?;
+        self.expect_pattern(page::DESTINATION, seed)?;
+        self.drain().expect_none()
+    }
+
+    /// Case 6: the live stage-2 STE moves from table A to table B (same VMID, new S2TTB):
+    /// the installer must take the hitless path (one store, to qword 3), DMA before lands in
+    /// A's destination and DMA after in B's, and nothing is reported.
+    fn hitless_stage2_replace(&mut self) -> Result<(), &'static str> {
+        let ste_a = self.stage2_ste(&self.stage2_a);
+        let ste_b = self.stage2_ste(&self.stage2_b);
+        self.install(&ste_a)?;
+        self.pages.fill(page::DESTINATION, |_| 0);
+        self.pages.fill(page::DESTINATION_B, |_| 0);
+        let before = self.copy_through(IPA_SOURCE, IPA_DESTINATION)?;
+        let report = self.install(&ste_b)?;
+        defmt::info!("  stage-2 replace: {}", report);
+        if report.path != (UpdatePath::Hitless { critical_qword: 3 })
+            || report.writes != 1
+            || report.syncs != 1
+        {
+            return Err("the installer did not take the one-store hitless path");
+        }
+        let after = self.copy_through(IPA_SOURCE, IPA_DESTINATION)?;
+        self.expect_pattern(page::DESTINATION, before)?;
+        self.expect_pattern(page::DESTINATION_B, after)?;
+        self.drain().expect_none()
+    }
+
+    /// Case 7: an undefined opcode makes the SMMU stop with CERROR_ILL; the driver reports it
+    /// (kind, index, opcode), acknowledges GERROR.CMDQ_ERR, and the queue and DMA keep working.
+    fn illegal_command_recovered(&mut self) -> Result<(), &'static str> {
+        let index = self.driver.command_queue_prod().index();
+        let illegal = Command::from_words([u64::from(UNDEFINED_OPCODE), 0]);
+        self.driver
+            .submit_raw(&[illegal])
+            .map_err(|_| "could not submit")?;
+        let reported = self.driver.sync();
+        defmt::info!("  sync after the illegal command: {}", reported);
+        let expected = DriverError::CommandError {
+            kind: CommandErrorKind::Illegal,
+            index,
+            opcode: UNDEFINED_OPCODE,
+        };
+        if reported != Err(expected) {
+            return Err("the driver did not report CERROR_ILL at the command's index");
+        }
+        if self.driver.active_global_errors().cmdq_err() {
+            return Err("GERROR.CMDQ_ERR is still active");
+        }
+        self.driver
+            .sync()
+            .map_err(|_| "a CMD_SYNC after recovery failed")?;
+        // The stream still translates through stage 2 B (from the previous case).
+        let ste_b = self.stage2_ste(&self.stage2_b);
+        self.install(&ste_b)?;
+        let seed = self.copy_through(IPA_SOURCE, IPA_DESTINATION)?;
+        self.expect_pattern(page::DESTINATION_B, seed)?;
+        self.drain().expect_none()
+    }
+
+    /// Case 8: an STE enabling stage 2 with S2AA64 = 0 (which makes QEMU abort) is refused by
+    /// the physical guard and by the installer before any store; the STE in memory is
+    /// unchanged, and the SMMU (so QEMU) still answers and translates afterwards.
+    fn s2aa64_zero_refused(&mut self) -> Result<(), &'static str> {
+        let mut bad = self.stage2_ste(&self.stage2_a);
+        bad.set_s2aa64(false);
+        if check_physical_ste(&bad) != Err(PhysicalEntryError::Stage2WithoutAArch64) {
+            return Err("check_physical_ste accepted S2AA64 = 0");
+        }
+        let before = self
+            .driver
+            .read_ste(self.stream)
+            .map_err(|_| "STE unreadable")?;
+        let outcome = self.try_install(&bad)?;
+        defmt::info!("  install of S2AA64 = 0: {}", outcome);
+        if outcome
+            != Err(InstallError::TargetRefused(
+                PhysicalEntryError::Stage2WithoutAArch64,
+            ))
+        {
+            return Err("the installer did not refuse the target");
+        }
+        let after = self
+            .driver
+            .read_ste(self.stream)
+            .map_err(|_| "STE unreadable")?;
+        if before != after {
+            return Err("the STE changed although the install was refused");
+        }
+        self.driver
+            .sync()
+            .map_err(|_| "the SMMU no longer answers CMD_SYNC")?;
+        self.pages.fill(page::DESTINATION_B, |_| 0);
+        let seed = self.copy_through(IPA_SOURCE, IPA_DESTINATION)?;
+        self.expect_pattern(page::DESTINATION_B, seed)?;
+        self.drain().expect_none()
+    }
+
+    /// Puts the stream back to abort, invalidates, and drains what is left. False if that
+    /// failed.
+    fn restore_abort(&mut self) -> bool {
+        let restored = self.install(&make_abort_ste());
+        let _ = self.drain();
+        match restored {
+            Ok(_) => {
+                defmt::info!(
+                    "smmu-conformance: stream {=u32:#x} back to abort",
+                    self.stream.get()
+                );
+                true
+            }
+            Err(why) => {
+                defmt::error!("smmu-conformance: could not restore abort: {=str}", why);
+                false
+            }
+        }
+    }
+}
