@@ -328,7 +328,8 @@ impl TlbiGranule {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct TlbiScope {
-    /// NUM (word 0 bits 16:12): with RIL, the range covers (NUM + 1) * 2^(5*SCALE + 1) pages.
+    /// NUM (word 0 bits 16:12): with RIL, the range covers (NUM + 1) * 2^SCALE translation
+    /// granules (the SMMU encoding; the CPU's TLBI RVA* uses 2^(5 * SCALE + 1) instead).
     pub num: u8,
     /// SCALE (word 0 bits 24:20).
     pub scale: u8,

@@ -21,6 +21,7 @@ const _: () = assert!(cfg!(target_endian = "little"));
 mod bits;
 pub mod cd;
 pub mod command;
+pub mod domain;
 pub mod driver;
 pub mod entry;
 pub mod event;
