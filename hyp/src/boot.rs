@@ -302,7 +302,7 @@ fn probe_smmu(registers: PhysRange) -> smmu::registers::Features {
     // the hypervisor alone, and the probe only reads ID registers, which have no side effects.
     let window =
         unsafe { DeviceWindow::new(registers.base.get() as usize, registers.size as usize) };
-    let smmu = SmmuRegisters(window);
+    let smmu = crate::arch::smmu::SmmuRegisters(window);
     let ids = smmu::hardware::read_id_registers(&smmu);
     defmt::info!(
         "SMMU at {=u64:#x}: IDR0={=u32:#010x} IDR1={=u32:#010x} IDR3={=u32:#010x} IDR5={=u32:#010x}",
@@ -362,26 +362,6 @@ fn probe_smmu(registers: PhysRange) -> smmu::registers::Features {
         features.bbml
     );
     features
-}
-
-/// The SMMU's register pages as the `smmu` driver wants them. Offsets outside the window read as
-/// zero and writes to them are dropped: the driver only uses architected offsets, so that never
-/// happens, and a stray access must not reach another device.
-struct SmmuRegisters(DeviceWindow);
-
-impl smmu::hardware::RegisterAccess for SmmuRegisters {
-    fn read32(&self, offset: smmu::registers::RegisterOffset) -> u32 {
-        self.0.read32(offset.get() as usize).unwrap_or(0)
-    }
-    fn write32(&mut self, offset: smmu::registers::RegisterOffset, value: u32) {
-        let _ = self.0.write32(offset.get() as usize, value);
-    }
-    fn read64(&self, offset: smmu::registers::RegisterOffset) -> u64 {
-        self.0.read64(offset.get() as usize).unwrap_or(0)
-    }
-    fn write64(&mut self, offset: smmu::registers::RegisterOffset, value: u64) {
-        let _ = self.0.write64(offset.get() as usize, value);
-    }
 }
 
 #[panic_handler]

@@ -106,7 +106,9 @@ impl Platform for HypPlatform {
     }
 }
 
-/// The SMMU's register pages.
+/// The SMMU's register pages as the `smmu` driver wants them. Offsets outside the window read as
+/// zero and writes to them are dropped: the driver only uses architected offsets, so that never
+/// happens, and a stray access must not reach another device.
 #[derive(Debug)]
 pub struct SmmuRegisters(pub DeviceWindow);
 
