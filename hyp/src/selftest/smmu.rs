@@ -7,7 +7,10 @@
 //! tables by hand (4 KiB granule, 39-bit input, walk from level 1) so that their next-level
 //! pointers can be IPAs under nesting, and every STE and CD with `smmu::entry`'s make functions,
 //! installed by its hitless installer through the driver's STE writer. DMA buffers are static
-//! pages in the image's bss (identity mapped: a pointer is a physical address).
+//! pages in the image's bss (identity mapped: a pointer is a physical address). One case drives
+//! a `smmu::domain::Stage2Domain` (its own static table pool, a pin table over two of those
+//! pages) through map, unmap, invalidation, sync and completion, with real TLB invalidation
+//! commands to the SMMU.
 //!
 //! Each named case logs `smmu-case NAME: PASS` or `smmu-case NAME: FAIL why`; the run ends with
 //! `smmu-conformance: N passed, M failed`, the stream back to abort, and exit status 0 only if
@@ -29,6 +32,10 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 use smmu::cd::Cd;
 use smmu::command::{Cmd, Command};
+use smmu::domain::{
+    CompletionError, DomainConfig, PageState, Permissions, PinError, PinTable, Refused,
+    Stage2Domain, Stage2Geometry, Stage2Invalidation, Stage2Use, WalkAttributes,
+};
 use smmu::driver::{CommandErrorKind, Error as DriverError, EventIntake, Platform, SteWriter};
 use smmu::entry::install::{
     EntryWriter, InstallError, InstallReport, PhysicalEntryError, UpdatePath, check_physical_ste,
@@ -40,6 +47,9 @@ use smmu::entry::make::{
     make_stage1_ste, make_stage2_ste,
 };
 use smmu::event::{Event, EventAddress, EventId, FaultClass};
+use smmu::hardware::RegisterAccess;
+use smmu::queue::QueuePointer;
+use smmu::registers::{QueueBase, offset};
 use smmu::ste::{S1Dss, S1Fmt, Ste};
 use smmu::translation::{AddressSize, Cacheability, Granule, Shareability};
 use smmu::{Asid, Ipa, PhysAddr, PhysRange, StreamId, SubstreamId, Vmid};
@@ -71,8 +81,14 @@ mod page {
     pub(super) const NESTED_L1: usize = 9;
     pub(super) const NESTED_L2: usize = 10;
     pub(super) const NESTED_L3: usize = 11;
+    /// The stage-2 domain case's DMA buffers, the region its pin table covers (in this order,
+    /// contiguous): what the device reads, and buffer A, which it writes and which is unmapped.
+    pub(super) const DOMAIN_SOURCE: usize = 12;
+    pub(super) const DOMAIN_A: usize = 13;
+    /// How many pages the domain's pin table covers.
+    pub(super) const DOMAIN_PAGES: usize = 2;
     /// How many.
-    pub(super) const COUNT: usize = 12;
+    pub(super) const COUNT: usize = 14;
 }
 
 /// The IOVA window of the stage-2 cases (IPA == IOVA): far from RAM, so a translation that
@@ -81,6 +97,9 @@ const IPA_SOURCE: u64 = 0x1_0000_0000;
 const IPA_DESTINATION: u64 = 0x1_0000_1000;
 /// Where stage 2 shows the nested stream its CD and stage-1 tables.
 const IPA_S1_AREA: u64 = 0x2_0000_0000;
+/// The IOVAs the stage-2 domain maps (IPA == IOVA): the source, and buffer A's page.
+const IPA_DOMAIN_SOURCE: u64 = 0x3_0000_0000;
+const IPA_DOMAIN_A: u64 = 0x3_0000_1000;
 /// The IOVAs of the stage-1 cases.
 const VA_SOURCE: u64 = 0x7_0000_0000;
 const VA_DESTINATION: u64 = 0x7_0000_1000;
@@ -88,6 +107,8 @@ const VA_DESTINATION: u64 = 0x7_0000_1000;
 /// VMIDs and ASIDs the test uses (no guest runs, so none is taken).
 const VMID_STAGE2: Vmid = Vmid(0x51);
 const VMID_STAGE1: Vmid = Vmid(0x52);
+/// The stage-2 domain case's VMID.
+const VMID_DOMAIN: Vmid = Vmid(0x53);
 const ASID_STAGE1: Asid = Asid(1);
 const ASID_NESTED: Asid = Asid(2);
 
@@ -115,6 +136,11 @@ const UNDEFINED_OPCODE: u8 = 0x7f;
 /// Stage-2 table pools: table A (the main one) and table B (its replacement).
 static STAGE2_A_TABLES: StaticFrames<8> = StaticFrames::new();
 static STAGE2_B_TABLES: StaticFrames<8> = StaticFrames::new();
+/// The stage-2 domain's tables: its two pages share one 2 MiB window, so a root (level 0) and
+/// one table at each of levels 1 to 3. Unmapping allocates nothing.
+static DOMAIN_TABLES: StaticFrames<4> = StaticFrames::new();
+/// The most pages one domain call may name.
+const DOMAIN_BUDGET: u64 = 16;
 
 /// The test's DMA pages.
 struct TestPages {
@@ -420,7 +446,7 @@ pub fn run(platform: &board::Platform, el2_map: &mut Mapping<PagePool, El2>) -> 
         passed: 0,
         failed: 0,
     };
-    let cases: [(&'static str, Case<'_>); 9] = [
+    let cases: [(&'static str, Case<'_>); 10] = [
         ("stage2-dma-translates", Conformance::stage2_dma_translates),
         ("unmapped-iova-faults", Conformance::unmapped_iova_faults),
         ("abort-ste-blocks", Conformance::abort_ste_blocks),
@@ -436,6 +462,10 @@ pub fn run(platform: &board::Platform, el2_map: &mut Mapping<PagePool, El2>) -> 
             Conformance::illegal_command_recovered,
         ),
         ("s2aa64-zero-refused", Conformance::s2aa64_zero_refused),
+        (
+            "stage2-domain-unmap-pins",
+            Conformance::stage2_domain_unmap_pins,
+        ),
     ];
     for (name, case) in cases {
         test.run_case(name, case);
@@ -464,6 +494,17 @@ type Case<'a> = fn(&mut Conformance<'a>) -> Result<(), &'static str>;
 fn setup_failed(why: &str) -> ! {
     defmt::error!("smmu-conformance: setup failed: {=str}", why);
     exit(ExitStatus::Failure)
+}
+
+/// Checks that the owner cannot release `range` (one pinned page): `PinError::Busy` for it.
+fn expect_busy(pins: &mut PinTable<'_>, range: PhysRange, when: &str) -> Result<(), &'static str> {
+    match pins.release(range) {
+        Err(PinError::Busy { page }) if page == range.base => Ok(()),
+        outcome => {
+            defmt::error!("release of buffer A {=str}: {}", when, outcome);
+            Err("buffer A's release was not refused as Busy")
+        }
+    }
 }
 
 /// A stage-2 table mapping each `(ipa, pa)` page, with RAM attributes, from `pool`.
@@ -549,6 +590,7 @@ impl<'a> Conformance<'a> {
             .submit_and_sync(&[
                 Cmd::TlbiS12Vmall { vmid: VMID_STAGE2 },
                 Cmd::TlbiS12Vmall { vmid: VMID_STAGE1 },
+                Cmd::TlbiS12Vmall { vmid: VMID_DOMAIN },
             ])
             .map_err(|error| {
                 defmt::error!("TLB invalidation: {}", error);
@@ -585,8 +627,19 @@ impl<'a> Conformance<'a> {
         source_iova: u64,
         destination_iova: u64,
     ) -> Result<u64, &'static str> {
+        self.copy_from(page::SOURCE, source_iova, destination_iova)
+    }
+
+    /// As [`Self::copy_through`], with the pattern in page `source` (which `source_iova` must
+    /// reach).
+    fn copy_from(
+        &mut self,
+        source: usize,
+        source_iova: u64,
+        destination_iova: u64,
+    ) -> Result<u64, &'static str> {
         let seed = self.next_seed();
-        self.pages.fill(page::SOURCE, pattern(seed));
+        self.pages.fill(source, pattern(seed));
         self.dma(Direction::RamToDevice, source_iova, edu::DEVICE_BUFFER_SIZE)?;
         self.dma(
             Direction::DeviceToRam,
@@ -987,6 +1040,216 @@ impl<'a> Conformance<'a> {
         let seed = self.copy_through(IPA_SOURCE, IPA_DESTINATION)?;
         self.expect_pattern(page::DESTINATION_B, seed)?;
         self.drain().expect_none()
+    }
+
+    /// Case 10: the unmap lifecycle of a `smmu::domain::Stage2Domain` against the SMMU. The
+    /// domain maps the source and buffer A (pinning them), its STE is made from its
+    /// parameters; after a DMA through it, buffer A cannot be released while mapped, nor after
+    /// the unmap, nor after the invalidation was submitted. A proof from before the unmap is
+    /// refused (the pending handed back); after a fresh sync the IOVA faults (F_TRANSLATION,
+    /// buffer A untouched), completion unpins, and the release succeeds. The stream goes back
+    /// to abort whatever the outcome: the domain's tables are not the test's to keep live.
+    fn stage2_domain_unmap_pins(&mut self) -> Result<(), &'static str> {
+        let outcome = self.domain_unmap_lifecycle();
+        let restored = self.install(&make_abort_ste());
+        outcome?;
+        restored.map(|_| ())
+    }
+
+    fn domain_unmap_lifecycle(&mut self) -> Result<(), &'static str> {
+        let features = *self.driver.features();
+        let Some(tables) = DOMAIN_TABLES.take() else {
+            return Err("the domain's table pool was already taken");
+        };
+        let source = PhysAddr(self.address(page::DOMAIN_SOURCE));
+        let buffer_a = PhysAddr(self.address(page::DOMAIN_A));
+        let page_a = PhysRange::new(buffer_a.0, PAGE);
+        let mut counts = [0u16; page::DOMAIN_PAGES];
+        let mut pins =
+            PinTable::new(source, &mut counts, DOMAIN_BUDGET).map_err(|_| "pin table refused")?;
+        let config = DomainConfig {
+            vmid: VMID_DOMAIN,
+            geometry: Stage2Geometry::QEMU_VIRT,
+            walk: WalkAttributes::COHERENT,
+            usage: Stage2Use::Stage2Only,
+            record_faults: true,
+            max_pages_per_call: DOMAIN_BUDGET,
+        };
+        config.geometry.check(&features).map_err(|error| {
+            defmt::error!("domain geometry: {}", error);
+            "the SMMU cannot walk the domain's geometry"
+        })?;
+        let mut domain = Stage2Domain::new(tables, config).map_err(|error| {
+            defmt::error!("domain: {}", error);
+            "domain refused"
+        })?;
+        for (ipa, pa) in [(IPA_DOMAIN_SOURCE, source), (IPA_DOMAIN_A, buffer_a)] {
+            domain
+                .map(&mut pins, Ipa(ipa), pa, PAGE, Permissions::RAM)
+                .map_err(|error| {
+                    defmt::error!("domain map {=u64:#x}: {}", ipa, error);
+                    "domain map failed"
+                })?;
+        }
+        let translation =
+            Stage2Translation::new(domain.stage2_parameters(), &features).map_err(|error| {
+                defmt::error!("domain STE: {}", error);
+                "the domain's stage-2 parameters were refused by make"
+            })?;
+        self.install(&make_stage2_ste(&translation))?;
+
+        self.pages.fill(page::DOMAIN_A, |_| 0);
+        let seed = self.copy_from(page::DOMAIN_SOURCE, IPA_DOMAIN_SOURCE, IPA_DOMAIN_A)?;
+        self.expect_pattern(page::DOMAIN_A, seed)?;
+        self.drain().expect_none()?;
+        expect_busy(&mut pins, page_a, "while mapped")?;
+
+        let stale = self.driver.sync_with_proof().map_err(|error| {
+            defmt::error!("sync: {}", error);
+            "sync_with_proof failed"
+        })?;
+        let mut pending = domain.unmap(Ipa(IPA_DOMAIN_A), PAGE).map_err(|error| {
+            defmt::error!("domain unmap: {}", error);
+            "domain unmap failed"
+        })?;
+        if domain.translate(Ipa(IPA_DOMAIN_A)).is_some() {
+            return Err("the unmapped IOVA still translates in the domain's table");
+        }
+        expect_busy(&mut pins, page_a, "after unmap")?;
+        self.observe_stale_translation();
+
+        let before = self.driver.command_queue_prod();
+        pending.invalidate(self.driver).map_err(|error| {
+            defmt::error!("invalidation: {}", error);
+            "the domain's invalidation failed"
+        })?;
+        self.log_commands(before, self.driver.command_queue_prod());
+        expect_busy(&mut pins, page_a, "after the invalidation was submitted")?;
+
+        let pending = match domain.complete(&mut pins, pending, &stale) {
+            Ok(_) => return Err("complete accepted a proof taken before the unmap"),
+            Err(Refused {
+                reason: reason @ CompletionError::StaleProof { .. },
+                pending,
+            }) => {
+                defmt::info!("  proof from before the unmap refused: {}", reason);
+                pending
+            }
+            Err(refused) => {
+                defmt::error!("stale proof refused for: {}", refused.reason);
+                return Err("a stale proof was refused for the wrong reason");
+            }
+        };
+        if pending.ipa() != Ipa(IPA_DOMAIN_A) || pending.pages() != 1 {
+            return Err("the refused pending came back changed");
+        }
+        expect_busy(&mut pins, page_a, "after the stale proof was refused")?;
+
+        let proof = self.driver.sync_with_proof().map_err(|error| {
+            defmt::error!("sync: {}", error);
+            "sync_with_proof failed"
+        })?;
+        // The sync has completed the invalidation: the write must fault, not reach buffer A.
+        self.pages.fill(page::DOMAIN_A, |_| CANARY);
+        let _ = self.drain();
+        self.dma(Direction::DeviceToRam, IPA_DOMAIN_A, BLOCKED_DMA_BYTES)?;
+        self.expect_canary(page::DOMAIN_A)?;
+        let stream = self.stream;
+        self.drain().expect(EventId::FTranslation, 2, |event| {
+            event.sid == stream
+                && event.ssid.is_none()
+                && event.s2
+                && !event.rnw
+                && event.class == FaultClass::Input
+                && event.addr2 == EventAddress::Ipa(Ipa(IPA_DOMAIN_A))
+        })?;
+
+        let unpinned = domain
+            .complete(&mut pins, pending, &proof)
+            .map_err(|refused| {
+                defmt::error!("complete: {}", refused.reason);
+                "complete refused a fresh proof"
+            })?;
+        defmt::info!("  completed: {}", unpinned);
+        if unpinned.pages != 1 || pins.state(buffer_a) != Some(PageState::Pinned(0)) {
+            return Err("completion did not unpin buffer A");
+        }
+        if domain.pending_pages() != 0 || domain.mapped_pages() != 1 {
+            return Err("the domain's page counts are wrong after completion");
+        }
+        pins.release(page_a).map_err(|error| {
+            defmt::error!("release after completion: {}", error);
+            "buffer A could not be released after completion"
+        })?;
+        if pins.state(buffer_a) != Some(PageState::Released) {
+            return Err("buffer A is not released");
+        }
+        // The source stays mapped and pinned: the stream goes back to abort, the pin table's
+        // storage ends with this case, and the domain's tables are never freed.
+        Ok(())
+    }
+
+    /// Not a check (the architecture lets an SMMU use or drop a cached translation until it
+    /// is invalidated): logs whether a write to buffer A's IOVA, unmapped but not yet
+    /// invalidated, still reached buffer A. If it did, the SMMU cached the translation, which
+    /// is why the page stays pinned, and why the blocked write later proves the invalidation.
+    fn observe_stale_translation(&mut self) {
+        self.pages.fill(page::DOMAIN_A, |_| CANARY);
+        let _ = self.drain();
+        if self
+            .dma(Direction::DeviceToRam, IPA_DOMAIN_A, BLOCKED_DMA_BYTES)
+            .is_err()
+        {
+            return;
+        }
+        let reached = self
+            .pages
+            .first_difference(page::DOMAIN_A, WORDS_PER_PAGE, |_| CANARY)
+            .is_some();
+        let seen = self.drain();
+        defmt::info!(
+            "  before invalidation, a write to the unmapped IOVA {=str} ({=u32} events)",
+            if reached {
+                "reached buffer A (translation still cached)"
+            } else {
+                "was blocked"
+            },
+            seen.total
+        );
+    }
+
+    /// Logs the commands between PROD values `from` and `to`, read back from the queue.
+    fn log_commands(&self, from: QueuePointer, to: QueuePointer) {
+        let base = QueueBase(self.driver.registers().read64(offset::CMDQ_BASE)).addr();
+        let entries = self.driver.command_queue_entries();
+        defmt::info!(
+            "  invalidation: {=u32} commands (IDR3.RIL {=bool})",
+            to.index().wrapping_sub(from.index()) % entries.max(1),
+            self.driver.features().ril
+        );
+        let mut at = from;
+        // At most one lap of the queue.
+        for _ in 0..entries {
+            if at.index() == to.index() && at.wrap() == to.wrap() {
+                break;
+            }
+            let entry = (base.0 + u64::from(at.index()) * 16) as *const u64;
+            // SAFETY: CMDQ_BASE names the driver's command queue, a static array in the
+            // hypervisor's image, identity mapped at EL2, of `entries` 16-byte entries; the
+            // index is below `entries`. The SMMU only reads it and the driver writes it only
+            // under the lock this test holds, so volatile loads read plain, settled memory.
+            let words = unsafe {
+                [
+                    core::ptr::read_volatile(entry),
+                    core::ptr::read_volatile(entry.wrapping_add(1)),
+                ]
+            };
+            match Command::from_words(words).decode() {
+                Ok(command) => defmt::info!("  cmdq[{=u32}]: {}", at.index(), command),
+                Err(error) => defmt::warn!("  cmdq[{=u32}]: undecodable ({})", at.index(), error),
+            }
+            at = at.incremented();
+        }
     }
 
     /// Puts the stream back to abort, invalidates, and drains what is left. False if that

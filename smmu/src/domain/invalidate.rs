@@ -116,6 +116,8 @@ pub struct Invalidated {
     stage1_included: bool,
     begun: Sequence,
     sequence: Sequence,
+    /// The driver's command-failure count before the commands were submitted.
+    failures: u64,
 }
 
 impl Invalidated {
@@ -143,6 +145,12 @@ impl Invalidated {
         self.sequence
     }
 
+    /// The SMMU driver's command-failure count before the commands were submitted.
+    #[must_use]
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
     /// Whether `[start, end)` of `vmid` is covered, with combined entries if `need_stage1`.
     pub(super) fn covers(&self, vmid: Vmid, start: u64, end: u64, need_stage1: bool) -> bool {
         self.vmid == vmid
@@ -163,6 +171,8 @@ impl Invalidated {
 pub struct SyncProof {
     smmu: InvalidatorId,
     sequence: Sequence,
+    /// The SMMU driver's command-failure count once the sync completed.
+    failures: u64,
 }
 
 impl SyncProof {
@@ -170,6 +180,14 @@ impl SyncProof {
     #[must_use]
     pub fn smmu(&self) -> InvalidatorId {
         self.smmu
+    }
+
+    /// The SMMU driver's command-failure count once the sync completed: if it differs from an
+    /// [`Invalidated::failures`], some command failed in between, whoever's sync reported it,
+    /// and that invalidation may never have run.
+    #[must_use]
+    pub fn failures(&self) -> u64 {
+        self.failures
     }
 
     /// When the CMD_SYNC was submitted (just before).
@@ -389,6 +407,7 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Stage2Invalidation for Driver
     ) -> Result<Invalidated, InvalidationError> {
         self.check_vmid(vmid)?;
         let begun = next_sequence();
+        let failures = self.command_failures();
         if size == 0 || !size.is_multiple_of(PAGE_SIZE) || !ipa.0.is_multiple_of(PAGE_SIZE) {
             return Err(InvalidationError::BadRange);
         }
@@ -425,6 +444,7 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Stage2Invalidation for Driver
                 stage1_included: true,
                 begun,
                 sequence: next_sequence(),
+                failures,
             });
         }
         if usage == Stage2Use::NestingParent {
@@ -439,12 +459,14 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Stage2Invalidation for Driver
             stage1_included: usage == Stage2Use::NestingParent,
             begun,
             sequence: next_sequence(),
+            failures,
         })
     }
 
     fn invalidate_vmid(&mut self, vmid: Vmid) -> Result<Invalidated, InvalidationError> {
         self.check_vmid(vmid)?;
         let begun = next_sequence();
+        let failures = self.command_failures();
         self.submit(&[Cmd::TlbiS12Vmall { vmid }])?;
         Ok(Invalidated {
             smmu: self.invalidator_id(),
@@ -454,12 +476,17 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Stage2Invalidation for Driver
             stage1_included: true,
             begun,
             sequence: next_sequence(),
+            failures,
         })
     }
 
     fn sync_with_proof(&mut self) -> Result<SyncProof, InvalidationError> {
         let smmu = self.invalidator_id();
         let sequence = self.sync_noting_failures()?;
-        Ok(SyncProof { smmu, sequence })
+        Ok(SyncProof {
+            smmu,
+            sequence,
+            failures: self.command_failures(),
+        })
     }
 }

@@ -2,9 +2,11 @@
 //! and the unmap lifecycle that releases a page only once the SMMU has provably let go.
 //!
 //! This module owns [`Stage2Domain`] (a table built with `aarch64-paging`'s `Stage2` regime
-//! from tables the caller's allocator provides), its geometry and the STE stage-2 fields it
-//! implies ([`Stage2SteFields`], for the STE maker), and [`PendingUnmap`]. It may not touch
-//! STEs, the stream table or the command queue directly: invalidation goes through
+//! from tables the caller's allocator provides), its geometry, the stage-2 STE parameters it
+//! implies ([`Stage2Domain::stage2_parameters`]), and [`PendingUnmap`]. It may not touch
+//! STEs, the stream table or the command queue directly: an STE for a domain is made only by
+//! [`crate::entry::make`] (`Stage2Translation::new(domain.stage2_parameters(), features)`,
+//! then `make_stage2_ste` or `make_nested_ste`), and invalidation goes through
 //! [`Stage2Invalidation`] ([`invalidate`]), pin counts live in a caller's [`PinTable`]
 //! ([`pins`]).
 //!
@@ -80,9 +82,9 @@ use aarch64_paging::Mapping;
 use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes};
 use aarch64_paging::paging::{Constraints, MemoryRegion, Stage2, Translation};
 
+use crate::entry::make::{Stage2Parameters, StartLevel};
 use crate::ids::{Ipa, PhysAddr, Vmid};
 use crate::registers::Features;
-use crate::ste::Ste;
 use crate::translation::{AddressSize, Cacheability, Granule, Shareability};
 
 pub use invalidate::{
@@ -231,10 +233,15 @@ impl Stage2Geometry {
         64 - self.ipa_bits
     }
 
-    /// STE.S2SL0 for the 4 KiB granule: 2 starts at level 0, 1 at level 1, 0 at level 2.
+    /// STE.S2SL0: the level walks start at (the maker encodes it for the 4 KiB granule).
     #[must_use]
-    pub const fn sl0(&self) -> u8 {
-        2 - self.start_level
+    pub const fn s2sl0(&self) -> StartLevel {
+        match self.start_level {
+            0 => StartLevel::Level0,
+            1 => StartLevel::Level1,
+            // `new` accepts only 0, 1 and 2.
+            _ => StartLevel::Level2,
+        }
     }
 
     /// One past the highest IPA.
@@ -298,45 +305,6 @@ impl WalkAttributes {
     };
 }
 
-/// The stage-2 fields of an STE for streams translated by a domain.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Stage2SteFields {
-    /// S2VMID.
-    pub vmid: Vmid,
-    /// S2T0SZ.
-    pub t0sz: u8,
-    /// S2SL0.
-    pub sl0: u8,
-    /// S2TG (always 4 KiB).
-    pub granule: Granule,
-    /// S2PS.
-    pub output_size: AddressSize,
-    /// S2IR0, S2OR0, S2SH0.
-    pub walk: WalkAttributes,
-    /// S2TTB: the root table.
-    pub ttb: PhysAddr,
-}
-
-impl Stage2SteFields {
-    /// Writes these fields into `ste`, with S2AA64 set and S2ENDI clear (the tables are
-    /// AArch64, little-endian; QEMU asserts on a stage-2 STE with S2AA64 clear). Other
-    /// fields (Config, S2R, S2PTW...) are the STE maker's.
-    pub const fn write_to(&self, ste: &mut Ste) {
-        ste.set_s2vmid(self.vmid);
-        ste.set_s2t0sz(self.t0sz);
-        ste.set_s2sl0(self.sl0);
-        ste.set_s2ir0(self.walk.inner);
-        ste.set_s2or0(self.walk.outer);
-        ste.set_s2sh0(self.walk.shareability);
-        ste.set_s2tg(self.granule);
-        ste.set_s2ps(self.output_size);
-        ste.set_s2aa64(true);
-        ste.set_s2endi(false);
-        ste.set_s2ttb(self.ttb);
-    }
-}
-
 /// How a domain is built.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -347,8 +315,11 @@ pub struct DomainConfig {
     pub geometry: Stage2Geometry,
     /// How the SMMU walks it.
     pub walk: WalkAttributes,
-    /// Whether nested STEs use it (decides what an invalidation must also remove).
+    /// Whether nested STEs use it (decides what an invalidation must also remove, and
+    /// STE.S2PTW).
     pub usage: Stage2Use,
+    /// STE.S2R: record the stage-2 faults of streams translated by the domain as events.
+    pub record_faults: bool,
     /// The most pages one map or unmap may name. Boot code mapping a VM's RAM calls in chunks
     /// of this size; hypercall paths pass guest-chosen sizes through it.
     pub max_pages_per_call: u64,
@@ -718,18 +689,31 @@ impl<T: Translation<Stage2Attributes>> Stage2Domain<T> {
         &self.mapping
     }
 
-    /// The STE stage-2 fields for streams translated by this domain.
+    /// The stage-2 half of an STE for streams translated by this domain, for
+    /// [`Stage2Translation::new`](crate::entry::make::Stage2Translation::new) and the STE
+    /// makers in [`crate::entry::make`] (which set S2AA64 and validate against the SMMU).
+    ///
+    /// S2AFFD is clear: every leaf is made with AF set, so no access-flag fault can arise.
+    /// S2PTW, which matters only under a stage 1, is set for a nesting parent: a guest's
+    /// stage-1 walk that stage 2 sends to Device memory faults rather than reading a device
+    /// register as a table.
     #[must_use]
-    pub fn ste_fields(&self) -> Stage2SteFields {
+    pub fn stage2_parameters(&self) -> Stage2Parameters {
         let geometry = self.config.geometry;
-        Stage2SteFields {
+        let walk = self.config.walk;
+        Stage2Parameters {
             vmid: self.config.vmid,
-            t0sz: geometry.t0sz(),
-            sl0: geometry.sl0(),
-            granule: Granule::Size4K,
-            output_size: geometry.output_size(),
-            walk: self.config.walk,
-            ttb: self.root,
+            s2ttb: self.root,
+            s2t0sz: geometry.t0sz(),
+            s2sl0: geometry.s2sl0(),
+            s2tg: Granule::Size4K,
+            s2ps: geometry.output_size(),
+            s2ir0: walk.inner,
+            s2or0: walk.outer,
+            s2sh0: walk.shareability,
+            s2r: self.config.record_faults,
+            s2affd: false,
+            s2ptw: self.config.usage == Stage2Use::NestingParent,
         }
     }
 
@@ -917,7 +901,11 @@ impl<T: Translation<Stage2Attributes>> Stage2Domain<T> {
                 invalidated: invalidated.sequence(),
             });
         }
-        if !invalidate::survived_failures(&invalidated) {
+        // A failure recovered between the invalidation and the proof, reported to whichever sync,
+        // may have replaced one of its commands: the invalidation proves nothing.
+        if !invalidate::survived_failures(&invalidated)
+            || proof.failures() != invalidated.failures()
+        {
             return Err(CompletionError::InvalidationMayBeLost);
         }
         let range = self

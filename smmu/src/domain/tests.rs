@@ -24,8 +24,9 @@ use crate::PhysRange;
 use crate::command::{Cmd, Command, TlbiGranule, TlbiScope};
 use crate::driver::fake::{FakeBus, FakePlatform, FakeRegion, FakeSmmu};
 use crate::driver::{Driver, DriverConfig, DriverMemory, Error as DriverError};
+use crate::entry::make::{Stage2Translation, make_stage2_ste};
 use crate::registers::IdRegisters;
-use crate::ste::Ste;
+use crate::ste::{Ste, StreamConfig};
 
 // ---------------------------------------------------------------------------------------------
 // Rig.
@@ -126,6 +127,7 @@ fn config(usage: Stage2Use) -> DomainConfig {
         geometry: Stage2Geometry::QEMU_VIRT,
         walk: WalkAttributes::COHERENT,
         usage,
+        record_faults: true,
         max_pages_per_call: BUDGET,
     }
 }
@@ -235,11 +237,11 @@ fn start_levels_match_ipa_sizes_without_concatenation() {
         }
     }
     let g = Stage2Geometry::QEMU_VIRT;
-    assert_eq!((g.t0sz(), g.sl0()), (20, 2));
+    assert_eq!((g.t0sz(), g.s2sl0()), (20, StartLevel::Level0));
     let g = Stage2Geometry::new(39, 1, AddressSize::Bits40).unwrap();
-    assert_eq!((g.t0sz(), g.sl0()), (25, 1));
+    assert_eq!((g.t0sz(), g.s2sl0()), (25, StartLevel::Level1));
     let g = Stage2Geometry::new(30, 2, AddressSize::Bits40).unwrap();
-    assert_eq!((g.t0sz(), g.sl0()), (34, 0));
+    assert_eq!((g.t0sz(), g.s2sl0()), (34, StartLevel::Level2));
 }
 
 #[test]
@@ -261,24 +263,97 @@ fn geometry_is_checked_against_the_smmu() {
     ));
 }
 
+/// QEMU `virt` with a 48-bit OAS: the rig's tables live on the host heap, whose addresses
+/// (their "physical" addresses) need 47 bits, and the maker refuses an S2TTB beyond S2PS.
+const OAS48: IdRegisters = IdRegisters {
+    idr5: IdRegisters::QEMU_VIRT.idr5 & !0b111 | 0b101,
+    ..IdRegisters::QEMU_VIRT
+};
+
+/// [`config`] with a 48-bit output size (see [`OAS48`]), IPA size and start level kept.
+fn config_oas48(usage: Stage2Use) -> DomainConfig {
+    DomainConfig {
+        geometry: Stage2Geometry::new(44, 0, AddressSize::Bits48).unwrap(),
+        ..config(usage)
+    }
+}
+
+/// The STE `smmu::entry::make` makes from a domain's parameters, for an [`OAS48`] SMMU.
+fn stage2_ste_of(domain: &Domain) -> Ste {
+    let features = Features::decode(&OAS48).unwrap();
+    make_stage2_ste(&Stage2Translation::new(domain.stage2_parameters(), &features).unwrap())
+}
+
 #[test]
-fn ste_fields_describe_the_domain_table() {
-    let (_, domain) = domain();
-    let fields = domain.ste_fields();
-    let mut ste = Ste::INVALID;
-    fields.write_to(&mut ste);
+fn the_stage2_ste_made_for_a_domain_reads_back_its_geometry_and_root() {
+    let (_, domain) = domain_with(config_oas48(Stage2Use::Stage2Only));
+    let ste = stage2_ste_of(&domain);
+    assert!(ste.v());
+    assert_eq!(ste.config(), StreamConfig::Stage2);
     assert_eq!(ste.s2vmid(), VMID);
     assert_eq!(ste.s2t0sz(), 20);
     assert_eq!(ste.s2sl0(), 2);
     assert_eq!(ste.s2tg(), Ok(Granule::Size4K));
-    assert_eq!(ste.s2ps(), Ok(AddressSize::Bits44));
+    assert_eq!(ste.s2ps(), Ok(AddressSize::Bits48));
     assert_eq!(ste.s2ir0(), Cacheability::WriteBackWriteAllocate);
     assert_eq!(ste.s2or0(), Cacheability::WriteBackWriteAllocate);
     assert_eq!(ste.s2sh0(), Ok(Shareability::InnerShareable));
     assert!(ste.s2aa64());
     assert!(!ste.s2endi());
+    assert!(ste.s2r());
+    assert!(!ste.s2affd());
+    assert!(!ste.s2ptw());
     assert_eq!(ste.s2ttb(), domain.root());
     assert!(domain.root().is_aligned(4096));
+}
+
+#[test]
+fn domain_configuration_reaches_s2r_and_s2ptw() {
+    let cases = [
+        (Stage2Use::Stage2Only, false, false),
+        (Stage2Use::Stage2Only, true, false),
+        (Stage2Use::NestingParent, false, true),
+        (Stage2Use::NestingParent, true, true),
+    ];
+    for (usage, record_faults, s2ptw) in cases {
+        let (_, domain) = domain_with(DomainConfig {
+            record_faults,
+            ..config_oas48(usage)
+        });
+        let ste = stage2_ste_of(&domain);
+        assert_eq!(ste.s2r(), record_faults, "{usage:?}");
+        assert_eq!(ste.s2ptw(), s2ptw, "{usage:?}");
+    }
+}
+
+#[test]
+fn every_geometry_the_smmu_supports_makes_a_valid_stage2_ste() {
+    // (IPA bits, start level, S2SL0 encoding).
+    let cases: [(u8, u8, u8); 7] = [
+        (48, 0, 2),
+        (44, 0, 2),
+        (40, 0, 2),
+        (39, 1, 1),
+        (31, 1, 1),
+        (30, 2, 0),
+        (25, 2, 0),
+    ];
+    let features = Features::decode(&OAS48).unwrap();
+    for (bits, level, s2sl0) in cases {
+        let geometry = Stage2Geometry::new(bits, level, AddressSize::Bits48).unwrap();
+        assert_eq!(geometry.check(&features), Ok(()));
+        let (_, domain) = domain_with(DomainConfig {
+            geometry,
+            ..config(Stage2Use::Stage2Only)
+        });
+        let translation = Stage2Translation::new(domain.stage2_parameters(), &features);
+        let ste = make_stage2_ste(&translation.unwrap());
+        assert_eq!(
+            (ste.s2t0sz(), ste.s2sl0(), ste.s2ttb()),
+            (64 - bits, s2sl0, domain.root()),
+            "{bits} bits from level {level}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -963,6 +1038,39 @@ fn a_command_failure_voids_earlier_invalidations() {
     let proof = driver.sync_with_proof().unwrap();
     let refused = domain.complete(&mut pins, pending, &proof).unwrap_err();
     assert_eq!(refused.reason, CompletionError::InvalidationMayBeLost);
+    let mut pending = refused.pending;
+    pending.invalidate(&mut driver).unwrap();
+    let proof = driver.sync_with_proof().unwrap();
+    domain.complete(&mut pins, pending, &proof).unwrap();
+    assert_eq!(pins_of(&pins, 3), 0);
+}
+
+#[test]
+fn a_failure_reported_to_someone_elses_sync_still_voids_the_invalidation() {
+    let _exclusive = FAILURES
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (_, mut driver) = smmu(IdRegisters::QEMU_VIRT);
+    let (_, mut domain) = domain();
+    let mut storage = storage();
+    let mut pins = pin_table(&mut storage);
+    domain
+        .map(&mut pins, Ipa(0x9000), ram(3), PAGE, Permissions::RAM)
+        .unwrap();
+    let mut pending = domain.unmap(Ipa(0x9000), PAGE).unwrap();
+    pending.invalidate(&mut driver).unwrap();
+    // The failure is reported to a plain driver sync (say, the stream-table code's), not to a
+    // proof-producing one: the driver's failure count still tells the domain.
+    let illegal = Command::from_words([0x2a | 1 << 8, 0]);
+    driver.submit_raw(&[illegal]).unwrap();
+    assert!(matches!(
+        driver.sync(),
+        Err(DriverError::CommandError { .. })
+    ));
+    let proof = driver.sync_with_proof().unwrap();
+    let refused = domain.complete(&mut pins, pending, &proof).unwrap_err();
+    assert_eq!(refused.reason, CompletionError::InvalidationMayBeLost);
+    assert_eq!(pins_of(&pins, 3), 1);
     let mut pending = refused.pending;
     pending.invalidate(&mut driver).unwrap();
     let proof = driver.sync_with_proof().unwrap();

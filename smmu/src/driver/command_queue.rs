@@ -93,6 +93,10 @@ pub(crate) struct CommandQueue<M> {
     cons: QueuePointer,
     /// The first failure recovered from since the last sync reported.
     pending_failure: Option<CommandFailure>,
+    /// How many command failures were ever recovered from. Monotonic (not reset with the
+    /// queue): whoever holds an earlier value can tell that a failure happened since, even if
+    /// another caller's sync was the one to report it.
+    failures: u64,
 }
 
 /// The log2 of the number of `entry_bytes` entries that fit `memory`, capped at `max_log2`.
@@ -144,6 +148,7 @@ impl<M: DmaMemory> CommandQueue<M> {
             prod: QueuePointer::zero(size),
             cons: QueuePointer::zero(size),
             pending_failure: None,
+            failures: 0,
         })
     }
 
@@ -353,6 +358,13 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Driver<R, M, P> {
     /// If GERROR.CMDQ_ERR is active: finds the failed command at CONS, replaces it with a
     /// CMD_SYNC if it is illegal, acknowledges the error, and returns what failed. The first
     /// failure is also kept for the next sync to report.
+    /// How many command failures the driver has recovered from since it was created; a value
+    /// that changed between two points means a command submitted before the second may have
+    /// been replaced by a CMD_SYNC (an illegal one) and so never executed.
+    pub fn command_failures(&self) -> u64 {
+        self.command_queue.failures
+    }
+
     pub(crate) fn recover_command_error(&mut self) -> Result<Option<CommandFailure>, Error> {
         let gerrorn = Gerror(self.registers.read32(offset::GERRORN));
         let active = Gerror::active(Gerror(self.registers.read32(offset::GERROR)), gerrorn);
@@ -382,6 +394,7 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Driver<R, M, P> {
             self.platform.dma_barrier();
         }
         self.acknowledge_cmdq_err(gerrorn);
+        self.command_queue.failures = self.command_queue.failures.wrapping_add(1);
         if self.command_queue.pending_failure.is_none() {
             self.command_queue.pending_failure = Some(failure);
         }

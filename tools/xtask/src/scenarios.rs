@@ -142,7 +142,8 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         description: "the hypervisor alone owns the SMMU and drives edu DMA (stream 8) from EL2: \
                       stage-2, stage-1 and nested translation; an unmapped IOVA, an abort STE and \
                       an invalid STE block DMA with the events QEMU reports; a hitless stage-2 \
-                      replace; recovery from an illegal command; an S2AA64=0 STE refused",
+                      replace; recovery from an illegal command; an S2AA64=0 STE refused; a stage-2 \
+                      domain's pages stay pinned from unmap until a sync after its invalidation",
         guest: ScenarioGuest::None,
         hyp_args: Some("hyp.selftest=smmu-conformance"),
         qemu_args: &["-device", "edu,addr=1,dma_mask=0xffffffffffffffff"],
@@ -159,7 +160,8 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "smmu-case hitless-stage2-replace: PASS",
             "smmu-case illegal-command-recovered: PASS",
             "smmu-case s2aa64-zero-refused: PASS",
-            "smmu-conformance: 9 passed, 0 failed",
+            "smmu-case stage2-domain-unmap-pins: PASS",
+            "smmu-conformance: 10 passed, 0 failed",
             "hypervisor exit: status 0",
         ],
         timeout_secs: 120,
