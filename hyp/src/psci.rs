@@ -10,6 +10,8 @@
 pub const NOT_SUPPORTED: u64 = -1i64 as u64;
 /// PSCI `INVALID_PARAMETERS`.
 pub const INVALID_PARAMETERS: u64 = -2i64 as u64;
+/// PSCI `ALREADY_ON`: CPU_ON for a CPU that is already on.
+pub const ALREADY_ON: u64 = -4i64 as u64;
 
 /// PSCI function IDs (SMC32 and SMC64 forms where both exist).
 pub mod function {

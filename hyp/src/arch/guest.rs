@@ -407,20 +407,37 @@ pub fn set_el2_root(root: u64) {
     EL2_ROOT.store(root, Ordering::Release);
 }
 
-/// The stack slot for `mpidr`, claiming a free one the first time; slot 0 is the boot CPU's.
-fn slot_for(mpidr: u64) -> Option<usize> {
+/// Why a CPU_ON cannot have a stack slot.
+#[derive(Clone, Copy)]
+enum SlotRefusal {
+    /// The target already has one: it runs (or ran) a vCPU. Its stack is live and must not be
+    /// written, so the call is answered ALREADY_ON without asking firmware.
+    AlreadyOn,
+    /// Every slot is taken.
+    NoFreeSlot,
+}
+
+/// Claims a free stack slot for `mpidr`, which must not own one yet; slot 0 is the boot CPU's.
+///
+/// A slot is never given back once its CPU started: a CPU that turned itself off may still be
+/// on its stack until firmware powers it down, so reusing the stack could corrupt a CPU that
+/// is still executing. The cost is that a vCPU turned off (CPU_OFF) cannot be turned on again.
+fn claim_slot(mpidr: u64) -> Result<usize, SlotRefusal> {
     let key = mpidr + 1;
-    if let Some(slot) = SLOT_OWNERS
+    if SLOT_OWNERS
         .iter()
-        .position(|owner| owner.load(Ordering::Acquire) == key)
+        .any(|owner| owner.load(Ordering::Acquire) == key)
     {
-        return Some(slot);
+        return Err(SlotRefusal::AlreadyOn);
     }
-    SLOT_OWNERS.iter().position(|owner| {
-        owner
-            .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    })
+    SLOT_OWNERS
+        .iter()
+        .position(|owner| {
+            owner
+                .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
+        .ok_or(SlotRefusal::NoFreeSlot)
 }
 
 /// Claims slot 0 for the boot CPU.
@@ -445,20 +462,20 @@ fn start_vcpu(target: u64, entry: u64, context: u64) -> u64 {
         );
         return psci::INVALID_PARAMETERS;
     }
-    let started = SLOT_OWNERS
-        .iter()
-        .filter(|o| o.load(Ordering::Relaxed) != 0)
-        .count();
-    let Some(slot) = slot_for(target & 0xff_00ff_ffff) else {
-        return psci::INVALID_PARAMETERS;
+    let slot = match claim_slot(target & 0xff_00ff_ffff) {
+        Ok(slot) => slot,
+        Err(SlotRefusal::AlreadyOn) => return psci::ALREADY_ON,
+        Err(SlotRefusal::NoFreeSlot) => return psci::INVALID_PARAMETERS,
     };
-    if slot >= VM.max_vcpus.load(Ordering::Relaxed) || started > MAX_CPUS {
+    if slot >= VM.max_vcpus.load(Ordering::Relaxed) {
+        // Never started: nothing runs on this slot's stack, so it can be given back.
         SLOT_OWNERS[slot].store(0, Ordering::Release);
         defmt::warn!("guest CPU_ON {=u64:#x}: beyond the vCPU limit", target);
         return psci::INVALID_PARAMETERS;
     }
-    // SAFETY: the slot belongs to `target` alone; `start_core` writes the entry closure at the
-    // top of that stack before the CPU runs, and the CPU then owns it.
+    // SAFETY: the slot was free and is now claimed for `target` alone, and no CPU has ever run
+    // on it (slots are never reused); `start_core` writes the entry closure into it before the
+    // CPU runs, and the CPU then owns it.
     let stack = unsafe { (*SECONDARY_STACKS.0.get()).as_mut_ptr().add(slot) };
     let stack_top = stack.wrapping_add(1) as u64;
     // SAFETY: the stack is reserved for this CPU (see above), and it lies in the image's
@@ -473,7 +490,12 @@ fn start_vcpu(target: u64, entry: u64, context: u64) -> u64 {
             defmt::info!("vCPU {=u64:#x} starting at {=u64:#x}", target, entry);
             0
         }
-        Err(error) => i64::from(error) as u64,
+        Err(error) => {
+            // Firmware refused (a bad MPIDR, a CPU already on): no CPU runs on the stack, so
+            // the slot goes back, and a guest cannot use up slots with bogus targets.
+            SLOT_OWNERS[slot].store(0, Ordering::Release);
+            i64::from(error) as u64
+        }
     }
 }
 

@@ -409,6 +409,22 @@ fn run_bench(out: &mut Console) {
     );
 }
 
+fn check_cpu_on_running_cpu_refused() -> Outcome {
+    // CPU_ON for this very CPU (MPIDR 0), which is running: the hypervisor must answer
+    // ALREADY_ON without touching the CPU's EL2 stack (which a second start would overwrite).
+    let result = smccc::smc64(0xc400_0003, {
+        let mut args = [0u64; 17];
+        args[0] = 0;
+        args[1] = 0x4220_0000;
+        args
+    });
+    if result[0] == (-4i64) as u64 {
+        Ok(())
+    } else {
+        Err("CPU_ON for a running CPU was not ALREADY_ON")
+    }
+}
+
 fn main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     // SAFETY: UART0 is this guest's console, mapped as device memory above and used by nothing
     // else in the guest.
@@ -495,6 +511,10 @@ fn main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     report("psci-version", check_psci_version());
     report("cpu-on-outside-ram-refused", check_cpu_on_outside_ram());
     report("secondary-vcpu-runs", check_secondary_vcpu());
+    report(
+        "cpu-on-running-cpu-refused",
+        check_cpu_on_running_cpu_refused(),
+    );
     let edu = edu_present();
     if edu {
         report("edu-dma-into-guest-ram", check_edu_dma_into_guest_ram());

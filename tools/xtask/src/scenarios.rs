@@ -114,6 +114,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "GUEST: PASS psci-version",
             "GUEST: PASS cpu-on-outside-ram-refused",
             "GUEST: PASS secondary-vcpu-runs",
+            "GUEST: PASS cpu-on-running-cpu-refused",
             "GUEST: PASS edu-dma-into-guest-ram",
             "GUEST: PASS edu-cannot-read-hypervisor-memory",
             "GUEST: PASS edu-dma-at-hypervisor-memory-completes",
