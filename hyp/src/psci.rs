@@ -3,6 +3,9 @@
 //! The hypervisor proxies PSCI: calls that only concern the calling CPU or ask questions are
 //! forwarded to firmware unchanged; `CPU_ON` is forwarded with the hypervisor's own entry point
 //! (the new CPU must get its EL2 state before it enters the guest at the guest's entry point);
+//! `CPU_SUSPEND` is never forwarded, because firmware would resume a powered-down CPU at the
+//! *caller's* exception level, EL2, at the guest's chosen address: it is emulated as a standby
+//! (a WFI, then success, which the specification allows for any requested state);
 //! `SYSTEM_OFF` and `SYSTEM_RESET` end the run, after the hypervisor has reported. Anything
 //! else returns `NOT_SUPPORTED`, as SMCCC requires for an unknown function.
 
@@ -60,6 +63,8 @@ pub enum GuestCall {
         /// The guest's x0 on entry.
         context: u64,
     },
+    /// Suspend this CPU: emulated as standby (WFI) and answered with success.
+    CpuSuspend,
     /// Power the system off: the run ends as the guest asked.
     SystemOff,
     /// Reset the system: the run ends as the guest asked.

@@ -347,6 +347,12 @@ fn handle_call(frame: &mut TrapFrame) {
             frame.registers[3] = out[3];
             out[0]
         }
+        GuestCall::CpuSuspend => {
+            // SAFETY: waiting for an interrupt changes no state; any pending interrupt (even
+            // masked at EL2) ends it, after which the guest takes it at EL1.
+            unsafe { asm!("dsb sy", "wfi", options(nomem, nostack, preserves_flags)) };
+            0
+        }
         GuestCall::CpuOn {
             target,
             entry,
