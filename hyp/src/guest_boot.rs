@@ -69,7 +69,16 @@ fn fail(what: &str) -> ! {
 /// Device-tree paths of the nodes the guest must not see, per platform.
 fn hypervisor_nodes(platform: &board::Platform) -> &'static [&'static str] {
     match platform.name {
-        "qemu-virt" => &["/pl011@9040000", "/smmuv3@9050000"],
+        // The ITS is withheld too: it is a DMA master outside the SMMU that reads and writes
+        // tables at addresses its programmer chooses, so a guest owning it could aim it at
+        // hypervisor memory. Until it is emulated, the guest's PCI devices use wired
+        // interrupts (INTx through the host bridge's interrupt-map), and the guest tree loses
+        // the msi-map that named it.
+        "qemu-virt" => &[
+            "/pl011@9040000",
+            "/smmuv3@9050000",
+            "/intc@8000000/its@8080000",
+        ],
         // FVP's UART1 sits under the motherboard bus; its SMMU at the root.
         "fvp-base" => &[
             "/bus@8000000/motherboard-bus@8000000/iofpga-bus@300000000/uart@a0000",
@@ -128,19 +137,19 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
         platform.uart1,
         platform.smmu.registers,
     ];
-    // GITS_TRANSLATER lives in the ITS's second 64 KiB frame: devices write their MSIs there.
-    let doorbells: heapless::Vec<PhysRange, 1> = discovered
-        .gic
-        .as_ref()
-        .and_then(|gic| gic.its)
-        .map(|its| PhysRange::new(its.base.get() + 0x1_0000, 0x1000))
-        .into_iter()
-        .collect();
+    // The ITS (if any) is the hypervisor's to keep from the guest: see `hypervisor_nodes`.
+    let its = discovered.gic.as_ref().and_then(|gic| gic.its);
+    let hypervisor_windows: heapless::Vec<PhysRange, 4> =
+        hypervisor_windows.iter().copied().chain(its).collect();
+    let hypervisor_windows = &hypervisor_windows[..];
+    // No MSI doorbell for devices while the ITS is withheld; when it is emulated, its
+    // GITS_TRANSLATER page (second 64 KiB frame) goes here, the only device page DMA may reach.
+    let doorbells: [PhysRange; 0] = [];
     let guest_platform = GuestPlatform {
         ram,
         device_space: PhysRange::new(0, ram.base.get().min(hypervisor_carve_out.base.get())),
         high_devices: &high_devices,
-        hypervisor_windows: &hypervisor_windows,
+        hypervisor_windows,
         msi_doorbells: &doorbells,
     };
     let regions = match stage2::cpu_regions(&guest_platform) {
@@ -285,7 +294,7 @@ fn confine_guest_devices(guest_platform: &GuestPlatform<'_>, discovered: &board:
         smmu::Vmid(guest::GUEST_VMID),
     ) {
         Ok(count) => defmt::info!(
-            "SMMU: {=u32} guest streams {=u32:#x} to {=u32:#x} translate through stage 2 (RAM and MSI doorbell, VMID {=u16})",
+            "SMMU: {=u32} guest streams {=u32:#x} to {=u32:#x} translate through stage 2 (guest RAM only, VMID {=u16})",
             count,
             streams.first.get(),
             streams.last.get(),

@@ -10,9 +10,9 @@
 //!
 //! Two stage-2 tables are built from this module, deliberately separate:
 //! - the **CPU's** (VTTBR_EL2): RAM and passed-through devices;
-//! - the **SMMU's** (STE.S2TTB for the guest's streams): RAM, plus the one device page a device
-//!   must write to, the MSI doorbell (the GIC ITS's GITS_TRANSLATER frame): without it no
-//!   MSI reaches the guest. A device has no other business reaching MMIO through DMA, and
+//! - the **SMMU's** (STE.S2TTB for the guest's streams): RAM, plus the one kind of device page
+//!   a device must write to, an MSI doorbell (the GIC ITS's GITS_TRANSLATER frame), when the
+//!   guest has one (not today: the ITS is withheld until it is emulated, see `guest_boot`). A device has no other business reaching MMIO through DMA, and
 //!   keeping the tables apart means a CPU-side change (such as trapping a page) never needs SMMU
 //!   invalidation, and DMA pinning (see `smmu`) concerns only the SMMU's table.
 //!
