@@ -294,7 +294,9 @@ fn install(missing: &[Need]) -> Result<()> {
 }
 
 fn apt(args: &[&str]) -> Result<()> {
+    // Retries: a registry hiccup should not fail a fresh machine's first run.
     let status = Command::new("apt-get")
+        .args(["-o", "Acquire::Retries=3"])
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()

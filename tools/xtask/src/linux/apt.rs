@@ -144,7 +144,7 @@ impl Apt {
         } else {
             println!("xtask: guest: downloading {package}");
             let output = Command::new("apt-get")
-                .args(["download", "-q"])
+                .args(["download", "-q", "-o", "Acquire::Retries=3"])
                 .arg(format!("{}:arm64={}", package.name, package.version))
                 .current_dir(&debs)
                 .stdout(Stdio::inherit())
@@ -182,7 +182,7 @@ impl Apt {
     fn update(&mut self) -> Result<()> {
         println!("xtask: guest: apt-get update");
         let status = Command::new("apt-get")
-            .args(["update", "-q"])
+            .args(["update", "-q", "-o", "Acquire::Retries=3"])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .map_err(|e| format!("apt-get update: {e}"))?;
@@ -206,7 +206,14 @@ pub(crate) fn install_host_packages(packages: &[&str]) -> Result<()> {
     }
     println!("xtask: guest: installing {}", packages.join(" "));
     let status = Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "-o",
+            "Acquire::Retries=3",
+        ])
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
