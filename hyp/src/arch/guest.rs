@@ -255,7 +255,8 @@ fn handle_data_abort(frame: &mut TrapFrame) {
     });
     if handled.is_some() {
         let _ = stats::count(ExitReason::MmioHandled);
-        frame.elr += 4;
+        // ESR.IL: a 32-bit instruction, or a 16-bit T32 one from an AArch32 EL0.
+        frame.elr += if frame.esr & 1 << 25 != 0 { 4 } else { 2 };
         return;
     }
     let abort = DataAbort::from_esr(frame.esr);
@@ -287,8 +288,10 @@ enum Injected {
 fn inject(frame: &mut TrapFrame, exception: Injected) {
     const IL: u64 = 1 << 25;
     const SYNCHRONOUS_EXTERNAL_ABORT: u64 = 0x10;
+    // SPSR.M: bit 4 set means the guest was in AArch32 (which only EL0 can be, HCR_EL2.RW = 1).
+    let aarch32 = frame.spsr & 0x10 != 0;
     let mode = frame.spsr & 0xf;
-    let from_el0 = mode == 0;
+    let from_el0 = aarch32 || mode == 0;
     let (class, iss) = match exception {
         Injected::DataAbort { write } => (
             if from_el0 { 0x24 } else { 0x25 },
@@ -300,11 +303,13 @@ fn inject(frame: &mut TrapFrame, exception: Injected) {
         ),
         Injected::Undefined => (0x00, 0),
     };
-    // Vector offset: current EL with SP_ELx (EL1h), current EL with SP_EL0 (EL1t), or lower EL.
-    let offset = match mode {
-        0b0101 => 0x200,
-        0b0100 => 0x000,
-        _ => 0x400,
+    // Vector offset: current EL with SP_ELx (EL1h), current EL with SP_EL0 (EL1t), lower EL
+    // in AArch64, lower EL in AArch32.
+    let offset = match (aarch32, mode) {
+        (true, _) => 0x600,
+        (false, 0b0101) => 0x200,
+        (false, 0b0100) => 0x000,
+        (false, _) => 0x400,
     };
     let vbar: u64;
     // SAFETY: these EL1 registers belong to the guest, which is stopped in this trap; writing
