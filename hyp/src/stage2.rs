@@ -37,6 +37,33 @@ pub const ROOT_LEVEL: usize = 0;
 /// VTCR_EL2.SL0 / STE.S2SL0 encoding for "start at level 0" with the 4 KiB granule.
 pub const SL0_LEVEL0: u64 = 2;
 
+/// The stage-2 half of an STE for a table of this module's geometry rooted at `root`: what the
+/// SMMU needs to walk it. The one place the hypervisor chooses those fields (walk attributes for
+/// a coherent SMMU; stage-2 faults recorded, since a device leaving its guest is the
+/// hypervisor's news); `smmu::entry::make` validates them and makes the STE.
+#[must_use]
+#[allow(clippy::cast_possible_truncation, reason = "T0SZ is 20")]
+pub fn smmu_stage2_parameters(
+    root: smmu::PhysAddr,
+    vmid: smmu::Vmid,
+) -> smmu::entry::make::Stage2Parameters {
+    use smmu::translation::{AddressSize, Cacheability, Granule, Shareability};
+    smmu::entry::make::Stage2Parameters {
+        vmid,
+        s2ttb: root,
+        s2t0sz: T0SZ as u8,
+        s2sl0: smmu::entry::make::StartLevel::Level0,
+        s2tg: Granule::Size4K,
+        s2ps: AddressSize::Bits44,
+        s2ir0: Cacheability::WriteBackWriteAllocate,
+        s2or0: Cacheability::WriteBackWriteAllocate,
+        s2sh0: Shareability::InnerShareable,
+        s2r: true,
+        s2affd: false,
+        s2ptw: false,
+    }
+}
+
 /// What a stage-2 region holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(target_os = "none", derive(defmt::Format))]
@@ -353,6 +380,22 @@ mod tests {
             dma_regions(&platform),
             Err(Stage2Error::RamOverlapsHypervisor)
         );
+    }
+
+    #[test]
+    fn the_smmu_stage2_parameters_make_a_valid_ste_on_qemu_virt() {
+        use smmu::entry::{install::check_physical_ste, make};
+        use smmu::registers::{Features, IdRegisters};
+        let features = Features::decode(&IdRegisters::QEMU_VIRT).unwrap();
+        // A root in the hypervisor's carve-out, where its table pools live.
+        let root = smmu::PhysAddr(0x4030_0000);
+        let parameters = smmu_stage2_parameters(root, smmu::Vmid(1));
+        let ste =
+            make::make_stage2_ste(&make::Stage2Translation::new(parameters, &features).unwrap());
+        assert_eq!(check_physical_ste(&ste), Ok(()));
+        assert!(ste.s2aa64() && ste.s2r());
+        assert_eq!(u64::from(ste.s2t0sz()), T0SZ);
+        assert_eq!(ste.s2ttb(), root);
     }
 
     #[test]

@@ -523,9 +523,3 @@ fn secondary_main(entry: u64, context: u64, stack_top: u64) {
     configure_cpu();
     enter_guest(entry, context, stack_top);
 }
-
-/// The guest's RAM, as recorded by [`set_vm`].
-pub fn guest_ram() -> PhysRange {
-    let start = VM.ram_start.load(Ordering::Relaxed);
-    PhysRange::new(start, VM.ram_end.load(Ordering::Relaxed) - start)
-}

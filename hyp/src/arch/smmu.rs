@@ -204,27 +204,12 @@ pub fn confine_streams(
     vmid: smmu::Vmid,
 ) -> Result<u32, ConfineError> {
     use smmu::entry::install::check_physical_ste;
-    use smmu::entry::make::{Stage2Parameters, Stage2Translation, StartLevel, make_stage2_ste};
-    use smmu::translation::{AddressSize, Cacheability, Granule, Shareability};
+    use smmu::entry::make::{Stage2Translation, make_stage2_ste};
     let mut guard = SMMU.lock();
     let Some(driver) = guard.as_mut() else {
         return Err(ConfineError::NotUp);
     };
-    let parameters = Stage2Parameters {
-        vmid,
-        s2ttb: root,
-        s2t0sz: crate::stage2::T0SZ as u8,
-        s2sl0: StartLevel::Level0,
-        s2tg: Granule::Size4K,
-        s2ps: AddressSize::Bits44,
-        s2ir0: Cacheability::WriteBackWriteAllocate,
-        s2or0: Cacheability::WriteBackWriteAllocate,
-        s2sh0: Shareability::InnerShareable,
-        // Record stage-2 faults: a device trying to leave its guest is the hypervisor's news.
-        s2r: true,
-        s2affd: false,
-        s2ptw: false,
-    };
+    let parameters = crate::stage2::smmu_stage2_parameters(root, vmid);
     let translation =
         Stage2Translation::new(parameters, driver.features()).map_err(ConfineError::Make)?;
     let ste = make_stage2_ste(&translation);

@@ -412,20 +412,7 @@ pub fn run(platform: &board::Platform, el2_map: &mut Mapping<PagePool, El2>) -> 
     let features = *driver.features();
     let translation = |root: u64| {
         Stage2Translation::new(
-            Stage2Parameters {
-                vmid: VMID_STAGE2,
-                s2ttb: PhysAddr(root),
-                s2t0sz: stage2::T0SZ as u8,
-                s2sl0: StartLevel::Level0,
-                s2tg: Granule::Size4K,
-                s2ps: AddressSize::Bits44,
-                s2ir0: Cacheability::WriteBackWriteAllocate,
-                s2or0: Cacheability::WriteBackWriteAllocate,
-                s2sh0: Shareability::InnerShareable,
-                s2r: true,
-                s2affd: false,
-                s2ptw: false,
-            },
+            stage2::smmu_stage2_parameters(PhysAddr(root), VMID_STAGE2),
             &features,
         )
     };

@@ -55,23 +55,17 @@ impl fmt::Display for Tools {
 
 /// Finds everything, installing what is missing when it can. Idempotent.
 pub(crate) fn ensure() -> Result<Tools> {
-    let mut missing = find_missing();
-    if !missing.is_empty() {
-        install(&missing)?;
-        missing = find_missing();
-    }
-    if let Some(first) = missing.first() {
+    let missing = match find_all() {
+        Ok(tools) => return Ok(tools),
+        Err(missing) => missing,
+    };
+    install(&missing)?;
+    find_all().map_err(|missing| {
         for need in &missing {
             eprintln!("xtask: still missing: {}", need.describe());
         }
-        return Err(format!("prerequisite missing: {}", first.describe()).into());
-    }
-    let (qemu, qemu_version) = find_qemu().map_err(|need| need.describe())?;
-    let cross = find_cross_toolchain().map_err(|need| need.describe())?;
-    Ok(Tools {
-        qemu,
-        qemu_version,
-        cross,
+        let first = missing.first().map_or_else(String::new, Need::describe);
+        format!("prerequisite missing: {first}").into()
     })
 }
 
@@ -103,18 +97,27 @@ impl Need {
     }
 }
 
-fn find_missing() -> Vec<Need> {
-    let mut missing = Vec::new();
-    if let Err(need) = find_qemu() {
-        missing.push(need);
+/// Probes everything once: the tools, or every missing prerequisite.
+fn find_all() -> Result<Tools, Vec<Need>> {
+    let qemu = find_qemu();
+    let cross = find_cross_toolchain();
+    let dtc = command_succeeds("dtc", &["--version"]);
+    match (qemu, cross, dtc) {
+        (Ok((qemu, qemu_version)), Ok(cross), true) => Ok(Tools {
+            qemu,
+            qemu_version,
+            cross,
+        }),
+        (qemu, cross, dtc) => {
+            let mut missing = Vec::new();
+            missing.extend(qemu.err());
+            missing.extend(cross.err());
+            if !dtc {
+                missing.push(Need::Dtc);
+            }
+            Err(missing)
+        }
     }
-    if find_cross_toolchain().is_err() {
-        missing.push(Need::CrossToolchain);
-    }
-    if !command_succeeds("dtc", &["--version"]) {
-        missing.push(Need::Dtc);
-    }
-    missing
 }
 
 fn command_output(program: &str, args: &[&str]) -> Option<String> {

@@ -54,25 +54,27 @@ pub(crate) fn test_command(args: &[String]) -> Result<ExitCode> {
                 ScenarioGuest::TestGuest => {
                     if test_guest.is_none() {
                         println!("xtask: building the test guest");
-                        test_guest = Some(image::build_test_guest(&tools)?.elf);
                     }
+                    let elf = match &test_guest {
+                        Some(elf) => elf,
+                        None => test_guest.insert(image::build_test_guest(&tools)?.elf),
+                    };
                     Guest::BareMetal {
-                        elf: test_guest.clone().unwrap_or_default(),
+                        elf: elf.clone(),
                         args: String::new(),
                     }
                 }
                 ScenarioGuest::DebianLinux => {
-                    if linux.is_none() {
-                        linux = Some(runner::debian_linux_guest().map_err(|e| e.to_string()));
-                    }
-                    match linux.clone() {
-                        Some(Ok(guest)) => guest,
-                        Some(Err(error)) => {
+                    let assets = linux.get_or_insert_with(|| {
+                        runner::debian_linux_guest().map_err(|e| e.to_string())
+                    });
+                    match assets {
+                        Ok(guest) => guest.clone(),
+                        Err(error) => {
                             println!("FAIL {}: no Linux guest: {error}", scenario.name);
                             tally.failed.push(scenario.name.to_string());
                             continue;
                         }
-                        None => continue,
                     }
                 }
             };
