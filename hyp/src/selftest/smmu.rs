@@ -43,8 +43,7 @@ use smmu::entry::install::{
 };
 use smmu::entry::make::{
     ContextTable, ContextTableParameters, Mair, Stage1Parameters, Stage1Translation,
-    Stage2Parameters, Stage2Translation, StartLevel, make_abort_ste, make_cd, make_nested_ste,
-    make_stage1_ste, make_stage2_ste,
+    Stage2Translation, make_abort_ste, make_cd, make_nested_ste, make_stage1_ste, make_stage2_ste,
 };
 use smmu::event::{Event, EventAddress, EventId, FaultClass};
 use smmu::hardware::RegisterAccess;

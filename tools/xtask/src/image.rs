@@ -9,6 +9,18 @@ use std::process::{Command, ExitCode};
 /// The bare-metal target.
 pub(crate) const TARGET: &str = "aarch64-unknown-none";
 
+/// Cargo's setting for the target's linker.
+const LINKER_VARIABLE: &str = "CARGO_TARGET_AARCH64_UNKNOWN_NONE_LINKER";
+/// Cargo's setting for the target's compiler flags.
+const RUSTFLAGS_VARIABLE: &str = "CARGO_TARGET_AARCH64_UNKNOWN_NONE_RUSTFLAGS";
+
+/// Whether cross builds fail on warnings: under CI (`CI` set, as CI systems do), or when
+/// `XTASK_DENY_WARNINGS=1` asks for it locally.
+fn deny_warnings() -> bool {
+    let set = |name| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    set("CI") || set("XTASK_DENY_WARNINGS")
+}
+
 /// A built image.
 #[derive(Clone, Debug)]
 pub(crate) struct Image {
@@ -36,7 +48,7 @@ impl Default for BuildOptions {
     }
 }
 
-/// `cargo xtask build [--board B] [--log-level L]`.
+/// `cargo xtask build [--board B] [--log-level L]`: the hypervisor and the bare-metal test guest.
 pub(crate) fn build_command(args: &[String]) -> Result<ExitCode> {
     let mut options = BuildOptions::default();
     let mut args = args.iter();
@@ -54,11 +66,10 @@ pub(crate) fn build_command(args: &[String]) -> Result<ExitCode> {
     }
     let tools = setup::ensure()?;
     let image = build(&tools, &options)?;
-    println!(
-        "xtask: built {}\nxtask: built {}",
-        image.elf.display(),
-        image.bin.display()
-    );
+    let guest = build_test_guest(&tools)?;
+    for built in [&image.elf, &image.bin, &guest.elf] {
+        println!("xtask: built {}", built.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -85,13 +96,13 @@ pub(crate) fn elf_entry(elf: &std::path::Path) -> Result<u64> {
 fn build_binary(tools: &Tools, package: &str, options: &BuildOptions) -> Result<Image> {
     let root = workspace_root();
     let mut command = match &tools.cross {
-        CrossToolchain::RustupTarget => {
+        CrossToolchain::RustupTarget { .. } => {
             let mut command =
                 Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             command.args(["build", "--target", TARGET]);
             command
         }
-        CrossToolchain::DebianBuildStd { cargo, rustc } => {
+        CrossToolchain::DebianBuildStd { cargo, rustc, .. } => {
             let mut command = Command::new(cargo);
             command.args([
                 "build",
@@ -115,6 +126,14 @@ fn build_binary(tools: &Tools, package: &str, options: &BuildOptions) -> Result<
     command
         .current_dir(&root)
         .args(["--release", "--package", package, "--bin", package]);
+    // The linker setup found and probed, by its full path: never whatever `rust-lld` happens to
+    // be on PATH (a fresh machine has none).
+    command.env(LINKER_VARIABLE, &tools.cross.linker().path);
+    // CI holds code built only for the target to the same bar as host code: no warnings.
+    // (Cargo caps lints of the `-Zbuild-std` crates, so this reaches only the project's code.)
+    if deny_warnings() {
+        command.env(RUSTFLAGS_VARIABLE, "-Dwarnings");
+    }
     command.env("DEFMT_LOG", &options.log_level);
     match options.image_base {
         Some(base) => command.env("HYP_IMAGE_BASE", format!("{base:#x}")),

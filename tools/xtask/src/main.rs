@@ -23,7 +23,7 @@ usage: cargo xtask <command> [options]
 commands:
   setup                 find or install QEMU (>= 9.2, nested SMMUv3), the aarch64-unknown-none
                         cross toolchain and dtc; prints what it installs and why
-  build [--board B]     build the hypervisor image (ELF and raw binary) under target/
+  build [--board B]     build the hypervisor image (ELF and raw binary) and the test guest under target/
   run [options] [-- <extra QEMU arguments>]
                         boot the hypervisor and a guest (by default an unmodified Debian arm64
                         kernel with a busybox initramfs doing virtio-blk I/O; the bare-metal test
@@ -53,10 +53,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let result = match command.as_str() {
-        "setup" => setup::ensure().map(|tools| {
-            println!("xtask: ready: {tools}");
-            ExitCode::SUCCESS
-        }),
+        "setup" => setup::ensure().map(|_| ExitCode::SUCCESS),
         "build" => image::build_command(rest),
         "run" => runner::run_command(rest),
         "test" => test::test_command(rest),

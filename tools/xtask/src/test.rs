@@ -34,7 +34,6 @@ pub(crate) fn test_command(args: &[String]) -> Result<ExitCode> {
     }
     let wants = |name: &str| selected.is_empty() || selected.contains(&name);
     let tools = setup::ensure()?;
-    println!("xtask: {tools}");
     let mut tally = Tally::default();
     if wants(HOST) {
         host_tests(&mut tally)?;
