@@ -83,8 +83,9 @@ mod tests {
     #[test]
     fn probe_reports_an_undefined_id_encoding() {
         let mut regs = FakeRegisters::qemu_virt();
-        regs.write32(offset::IDR5, 0x77);
-        assert_eq!(probe(&regs), Err(IdError::ReservedOas));
+        // IDR5.VAX = 0b11 (IHI 0070, 6.3.6: reserved).
+        regs.write32(offset::IDR5, 0x74 | 3 << 10);
+        assert_eq!(probe(&regs), Err(IdError::ReservedVax(3)));
     }
 
     #[test]

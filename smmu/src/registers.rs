@@ -874,14 +874,16 @@ pub enum Bbml {
     Level2,
 }
 
-/// IDR5.VAX: virtual address size supported by stage 1.
+/// IDR5.VAX: virtual address size supported by stage 1 (IHI 0070, 6.3.6 SMMU_IDR5).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Vax {
-    /// 48-bit VAs (0).
+    /// 48-bit VAs (0b00).
     Va48,
-    /// 52-bit VAs with 64 KiB granule (1).
+    /// 52-bit VAs (0b01): with the 64 KiB granule, or with IDR5.DS.
     Va52,
+    /// 56-bit VAs (0b10): VMSAv9-128 tables only (IDR5.D128 = 1).
+    Va56,
 }
 
 /// Which queue a size limit belongs to, for [`IdError::QueueTooLarge`].
@@ -925,9 +927,7 @@ pub enum IdError {
     },
     /// IDR3.BBML is 3 (reserved).
     ReservedBbml,
-    /// IDR5.OAS is 7 (reserved).
-    ReservedOas,
-    /// IDR5.VAX is 2 or 3 (reserved).
+    /// IDR5.VAX is 0b11 (reserved; IHI 0070, 6.3.6).
     ReservedVax(u8),
 }
 
@@ -937,6 +937,13 @@ pub const MAX_QUEUE_LOG2SIZE: u8 = 19;
 pub const MAX_SIDSIZE: u8 = 32;
 /// The largest IDR1.SSIDSIZE.
 pub const MAX_SSIDSIZE: u8 = 20;
+/// The largest output size the entries this crate makes can use, whatever IDR5.OAS says:
+/// 52 bits, the most a VMSAv8-64 descriptor holds (with the 64 KiB granule, or DS). IDR5.OAS
+/// 0b111 (56 bits, IHI 0070 6.3.6, SMMUv3.4 and later) is only reachable through VMSAv9-128
+/// descriptors (it implies IDR5.D128 = 1), which this crate does not make.
+pub const MAX_USABLE_OAS: AddressSize = AddressSize::Bits52;
+/// IDR5.OAS 0b111, in bits.
+const OAS_0B111_BITS: u8 = 56;
 
 /// What an SMMU can do, decoded from IDR0, IDR1, IDR3 and IDR5. Field names are the
 /// architecture's.
@@ -1001,15 +1008,21 @@ pub struct Features {
     pub ril: bool,
     /// IDR3.BBML (bits 12:11).
     pub bbml: Bbml,
-    /// IDR5.OAS (bits 2:0): output address size.
+    /// IDR5.OAS (bits 2:0): the output address size as this crate uses it, capped at
+    /// [`MAX_USABLE_OAS`]. STE.S2PS and CD.IPS are capped to OAS by the SMMU
+    /// (IHI 0070 5.2, 5.4: eff_S2PS = MIN(S2PS, OAS)), so entries made within this size are
+    /// right on any SMMU reporting at least as much.
     pub oas: AddressSize,
+    /// IDR5.OAS as the SMMU reports it, in bits: 32 to 52, or 56 for 0b111.
+    pub reported_oas_bits: u8,
     /// IDR5.GRAN4K (bit 4).
     pub gran4k: bool,
     /// IDR5.GRAN16K (bit 5).
     pub gran16k: bool,
     /// IDR5.GRAN64K (bit 6).
     pub gran64k: bool,
-    /// IDR5.VAX (bits 11:10).
+    /// IDR5.VAX (bits 11:10): stage-1 input size. Informational: this crate makes CDs with
+    /// T0SZ 16..=39 (at most 48-bit VAs), which every value allows.
     pub vax: Vax,
     /// IDR5.STALL_MAX (bits 31:16): the most stalled transactions the SMMU holds at once.
     pub stall_max: u16,
@@ -1105,13 +1118,16 @@ impl Features {
             _ => return Err(IdError::ReservedBbml),
         };
 
-        let oas = match AddressSize::from_encoding(bits::get_u8(idr5, 2, 0)) {
-            Some(oas) => oas,
-            None => return Err(IdError::ReservedOas),
+        // IHI 0070 6.3.6: every OAS encoding is defined; 0b111 (56 bits) is only usable
+        // with descriptors this crate does not make, so it is used as the largest one it does.
+        let (oas, reported_oas_bits) = match AddressSize::from_encoding(bits::get_u8(idr5, 2, 0)) {
+            Some(oas) => (oas, oas.bits()),
+            None => (MAX_USABLE_OAS, OAS_0B111_BITS),
         };
         let vax = match bits::get_u8(idr5, 11, 10) {
             0 => Vax::Va48,
             1 => Vax::Va52,
+            2 => Vax::Va56,
             other => return Err(IdError::ReservedVax(other)),
         };
 
@@ -1145,6 +1161,7 @@ impl Features {
             ril: bits::bit(idr3, 10),
             bbml,
             oas,
+            reported_oas_bits,
             gran4k: bits::bit(idr5, 4),
             gran16k: bits::bit(idr5, 5),
             gran64k: bits::bit(idr5, 6),
@@ -1205,6 +1222,7 @@ mod tests {
         assert_eq!(f.bbml, Bbml::Level2, "IDR3 bits 12:11 of 0x1414 are 0b10");
         assert_eq!(f.oas, AddressSize::Bits44);
         assert_eq!(f.oas.bits(), 44);
+        assert_eq!(f.reported_oas_bits, 44);
         assert!(f.gran4k && f.gran16k && f.gran64k);
         assert_eq!(f.vax, Vax::Va48);
         assert_eq!(f.stall_max, 0);
@@ -1309,14 +1327,6 @@ mod tests {
                 IdError::ReservedBbml,
             ),
             (
-                with(Q.idr0, Q.idr1, Q.idr3, Q.idr5 | 7),
-                IdError::ReservedOas,
-            ),
-            (
-                with(Q.idr0, Q.idr1, Q.idr3, Q.idr5 | 2 << 10),
-                IdError::ReservedVax(2),
-            ),
-            (
                 with(Q.idr0, Q.idr1, Q.idr3, Q.idr5 | 3 << 10),
                 IdError::ReservedVax(3),
             ),
@@ -1326,19 +1336,42 @@ mod tests {
         }
     }
 
+    /// IHI 0070 6.3.6: every OAS encoding is defined. 0b111 is 56 bits (Reserved only up to
+    /// SMMUv3.3) and is used as 52, the most the VMSAv8-64 entries this crate makes can output.
     #[test]
-    fn oas_decodes_every_defined_size() {
-        for (enc, bits) in [
-            (0, 32),
-            (1, 36),
-            (2, 40),
-            (3, 42),
-            (4, 44),
-            (5, 48),
-            (6, 52),
+    fn oas_decodes_every_encoding_and_is_used_up_to_52_bits() {
+        for (enc, reported, used) in [
+            (0, 32, 32),
+            (1, 36, 36),
+            (2, 40, 40),
+            (3, 42, 42),
+            (4, 44, 44),
+            (5, 48, 48),
+            (6, 52, 52),
+            (7, 56, 52),
         ] {
             let f = with(Q.idr0, Q.idr1, Q.idr3, (Q.idr5 & !7) | enc);
-            assert_eq!(f.map(|f| f.oas.bits()), Ok(bits));
+            assert_eq!(
+                f.map(|f| (f.reported_oas_bits, f.oas.bits())),
+                Ok((reported, used)),
+                "OAS {enc:#05b}"
+            );
+        }
+    }
+
+    /// IHI 0070 6.3.6: VAX 0b00, 0b01 and 0b10 are 48-, 52- and 56-bit VAs; only 0b11 is
+    /// reserved.
+    #[test]
+    fn vax_decodes_48_52_and_56_bits_and_refuses_only_0b11() {
+        let cases = [
+            (0, Ok(Vax::Va48)),
+            (1, Ok(Vax::Va52)),
+            (2, Ok(Vax::Va56)),
+            (3, Err(IdError::ReservedVax(3))),
+        ];
+        for (enc, want) in cases {
+            let f = with(Q.idr0, Q.idr1, Q.idr3, Q.idr5 | enc << 10);
+            assert_eq!(f.map(|f| f.vax), want, "VAX {enc:#04b}");
         }
     }
 
