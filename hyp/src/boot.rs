@@ -315,7 +315,7 @@ fn probe_smmu(registers: PhysRange) -> smmu::registers::Features {
     let features = match smmu::registers::Features::decode(&ids) {
         Ok(features) => features,
         Err(error) => {
-            defmt::error!("SMMU ID registers undecodable: {}", error);
+            defmt::error!("SMMU refused at probe: {}", error);
             exit(ExitStatus::Failure);
         }
     };

@@ -57,8 +57,9 @@ pub fn read_id_registers(regs: &impl RegisterAccess) -> IdRegisters {
 ///
 /// # Errors
 ///
-/// The [`IdError`] for the first undefined ID-register encoding: an SMMU reporting one is not
-/// one this driver can reason about.
+/// The [`IdError`] for the first undefined ID-register encoding (an SMMU reporting one is not
+/// one this driver can reason about), or for fixed table or queue bases
+/// ([`IdError::PresetBaseAddresses`]), which leave the driver nothing to program.
 pub fn probe(regs: &impl RegisterAccess) -> Result<Features, IdError> {
     Features::decode(&read_id_registers(regs))
 }

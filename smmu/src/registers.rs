@@ -898,7 +898,8 @@ pub enum QueueName {
     PageRequest,
 }
 
-/// An ID register value the architecture does not define.
+/// An ID register value the architecture does not define, or one that describes an SMMU this
+/// driver cannot program.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum IdError {
@@ -914,6 +915,19 @@ pub enum IdError {
     ReservedStallModel,
     /// IDR0.ST_LEVEL is 2 or 3 (reserved).
     ReservedStLevel(u8),
+    /// IDR1.TABLES_PRESET, QUEUES_PRESET or REL is set (IHI 0070, 6.3.2): the stream table
+    /// or queue base registers hold fixed values (REL: offsets from page 0) chosen by the
+    /// implementation, not the memory the driver lays out and owns. An "embedded
+    /// implementation", which Linux refuses too. (REL is RES0 without a PRESET bit; it is
+    /// refused all the same.)
+    PresetBaseAddresses {
+        /// IDR1.TABLES_PRESET (bit 30).
+        tables_preset: bool,
+        /// IDR1.QUEUES_PRESET (bit 29).
+        queues_preset: bool,
+        /// IDR1.REL (bit 28).
+        rel: bool,
+    },
     /// IDR1.SIDSIZE is above 32.
     SidSizeTooLarge(u8),
     /// IDR1.SSIDSIZE is above 20.
@@ -1029,11 +1043,12 @@ pub struct Features {
 }
 
 impl Features {
-    /// Decodes the ID registers, rejecting any undefined encoding.
+    /// Decodes the ID registers, rejecting any undefined encoding and fixed (preset) table or
+    /// queue bases.
     ///
     /// # Errors
     ///
-    /// The [`IdError`] variant naming the first undefined field found, in register order.
+    /// The [`IdError`] variant naming the first such field found, in register order.
     pub const fn decode(id: &IdRegisters) -> Result<Features, IdError> {
         let idr0 = id.idr0 as u64;
         let idr1 = id.idr1 as u64;
@@ -1080,6 +1095,16 @@ impl Features {
             None => return Err(IdError::ReservedStLevel(st_level_raw)),
         };
 
+        let tables_preset = bits::bit(idr1, 30);
+        let queues_preset = bits::bit(idr1, 29);
+        let rel = bits::bit(idr1, 28);
+        if tables_preset || queues_preset || rel {
+            return Err(IdError::PresetBaseAddresses {
+                tables_preset,
+                queues_preset,
+                rel,
+            });
+        }
         let sidsize = bits::get_u8(idr1, 5, 0);
         if sidsize > MAX_SIDSIZE {
             return Err(IdError::SidSizeTooLarge(sidsize));
@@ -1333,6 +1358,29 @@ mod tests {
         ];
         for (i, (got, want)) in cases.into_iter().enumerate() {
             assert_eq!(got, Err(want), "case {i}");
+        }
+    }
+
+    /// IHI 0070 6.3.2: TABLES_PRESET (30), QUEUES_PRESET (29) and REL (28) say the stream table
+    /// and queue bases are fixed by the implementation, so the driver cannot place them.
+    #[test]
+    fn preset_or_relative_base_addresses_are_refused() {
+        let refused = |tables_preset, queues_preset, rel| {
+            Err(IdError::PresetBaseAddresses {
+                tables_preset,
+                queues_preset,
+                rel,
+            })
+        };
+        let cases = [
+            (1 << 30, refused(true, false, false)),
+            (1 << 29, refused(false, true, false)),
+            (1 << 28, refused(false, false, true)),
+            (0b111 << 28, refused(true, true, true)),
+        ];
+        for (bits, want) in cases {
+            let f = with(Q.idr0, Q.idr1 | bits, Q.idr3, Q.idr5);
+            assert_eq!(f.map(|_| ()), want, "IDR1 {bits:#x}");
         }
     }
 
