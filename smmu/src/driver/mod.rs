@@ -26,7 +26,9 @@
 //! # Policy the driver enforces
 //!
 //! Once the driver owns the SMMU, GBPA is ABORT (set before translation is first disabled, so
-//! there is never a window of bypass), and every stream the hypervisor has not assigned aborts:
+//! there is never a window of bypass), CR0.ATSCHK is set if the SMMU has ATS (ATS-Translated
+//! traffic is then checked against STE.EATS instead of passing unchecked), and every stream
+//! the hypervisor has not assigned aborts:
 //! a span of stream IDs without a level-2 table has a level-1 descriptor with SPAN=0, and a
 //! fresh level-2 table holds only STEs with V=0 (the SMMU aborts and reports C_BAD_STE). The
 //! hypervisor's policy is to leave every unassigned stream with V=0 or an abort STE.
@@ -315,7 +317,13 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Driver<R, M, P> {
             self.registers.write32(offset::PRIQ_CONS, 0);
         }
 
-        let mut cr0 = Cr0::default().with_cmdqen(true);
+        // ATSCHK (IHI 0070 6.3.9): with it clear, an SMMU with ATS passes every ATS-Translated
+        // transaction without looking at the STE, so any ATS-capable device could reach all of
+        // memory; without ATS the bit is RES0. It may be cached with the configuration
+        // (6.3.9.2), so it is set before the CFGI_ALL below and is never cleared again.
+        let mut cr0 = Cr0::default()
+            .with_cmdqen(true)
+            .with_atschk(self.features.ats);
         self.write_cr0(cr0)?;
         // Nothing cached from before the reset may survive: configuration, and every TLB
         // entry the previous owner could have left.

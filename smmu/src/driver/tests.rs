@@ -32,6 +32,12 @@ const WITH_PRI: IdRegisters = IdRegisters {
     ..IdRegisters::QEMU_VIRT
 };
 
+/// QEMU `virt` plus ATS (IDR0.ATS).
+const WITH_ATS: IdRegisters = IdRegisters {
+    idr0: IdRegisters::QEMU_VIRT.idr0 | 1 << 10,
+    ..IdRegisters::QEMU_VIRT
+};
+
 type TestDriver = Driver<FakeSmmu, FakeRegion, FakePlatform>;
 
 struct Rig {
@@ -216,6 +222,40 @@ fn reset_aborts_before_it_disables_and_enables_translation_last() {
         Some(offset::CR0),
         "SMMUEN is the last write"
     );
+}
+
+/// IHI 0070 6.3.9 (SMMU_CR0.ATSCHK): with ATSCHK = 0 an SMMU that has ATS lets every
+/// ATS-Translated transaction through without an STE lookup, whatever STE.EATS says; the bit
+/// is RES0 without ATS. 6.3.9.2: a change of ATSCHK must be followed by invalidating the STEs,
+/// so it is set with CMDQEN, before the reset's CFGI_ALL, and stays set.
+#[test]
+fn atschk_is_set_before_the_first_invalidation_exactly_when_the_smmu_has_ats() {
+    for (ids, ats) in [(WITH_ATS, true), (IdRegisters::QEMU_VIRT, false)] {
+        let rig = Rig::new(ids);
+        let _driver = rig.driver();
+        let writes = rig.smmu.writes();
+        let cr0_writes: Vec<Cr0> = writes
+            .iter()
+            .filter(|(r, _)| *r == offset::CR0)
+            .map(|(_, v)| Cr0(u32::try_from(*v).unwrap()))
+            .collect();
+        let enabling = cr0_writes.iter().filter(|cr0| cr0.0 != 0);
+        assert!(
+            enabling.clone().all(|cr0| cr0.atschk() == ats),
+            "{cr0_writes:x?}"
+        );
+        assert_eq!(Cr0(rig.smmu.peek32(offset::CR0ACK)).atschk(), ats);
+        if ats {
+            let first_atschk = writes
+                .iter()
+                .position(|(r, v)| *r == offset::CR0 && Cr0(u32::try_from(*v).unwrap()).atschk());
+            // The first PROD write that hands over commands (the reset writes 0 first).
+            let first_command = writes
+                .iter()
+                .position(|(r, v)| *r == offset::CMDQ_PROD && *v != 0);
+            assert!(first_atschk < first_command, "{writes:x?}");
+        }
+    }
 }
 
 #[test]
