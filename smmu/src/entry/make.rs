@@ -18,8 +18,14 @@
 //!   get anyway; R=1 so every stage-1 fault reaches the hypervisor's event queue, which decides
 //!   what to forward; ASET=1 because these ASIDs are invalidated by commands, never by the
 //!   CPUs' broadcast TLBI; EPD1=1 because a device address space has no upper (TTB1) half.
-//! - **STE: SHCFG = 1 (use incoming shareability), STRW = EL1, EATS = 0 (no ATS).** The first
-//!   is what a bypassed stage should do; streams belong to EL1 guests; ATS is not offered yet.
+//! - **STE: SHCFG = 0b01 (use incoming shareability) where the SMMU has IDR1.ATTR_TYPES_OVR,
+//!   and 0 where it has not.** Incoming shareability is what a bypassed stage should pass on;
+//!   without the override the field is RES0 and the SMMU uses the incoming value anyway
+//!   (IHI 0070 5.2, SHCFG), so writing 0b01 there sets a RES0 field (QEMU virt is such an
+//!   SMMU). Every non-abort STE made for one SMMU carries the same value, so SHCFG never makes
+//!   an update break (see [`super::used`]).
+//! - **STE: STRW = EL1, EATS = 0 (no ATS).** Streams belong to EL1 guests; ATS is not offered
+//!   yet.
 //! - **S1STALLD = 1 when the SMMU can stall.** Stalls are not forwarded to guests, so a CD may
 //!   not turn them on; an SMMU that cannot stall, or always stalls, needs S1STALLD = 0.
 
@@ -284,6 +290,8 @@ fn start_level_index_bits(granule: Granule, start_level: StartLevel, input: u8) 
 pub struct Stage2Translation {
     parameters: Stage2Parameters,
     s2sl0: u8,
+    /// IDR1.ATTR_TYPES_OVR of the SMMU it was validated for: whether STE.SHCFG exists.
+    attr_types_ovr: bool,
 }
 
 /// What a stage-2 translation is made of, field by field (STE word 2 and S2TTB).
@@ -369,7 +377,11 @@ impl Stage2Translation {
             root_bytes.max(MIN_TABLE_ALIGNMENT),
             parameters.s2ps.bits(),
         )?;
-        Ok(Self { parameters, s2sl0 })
+        Ok(Self {
+            parameters,
+            s2sl0,
+            attr_types_ovr: features.attr_types_ovr,
+        })
     }
 
     /// The parameters it was made from.
@@ -412,6 +424,8 @@ pub struct ContextTableParameters<A> {
 pub struct ContextTable<A> {
     parameters: ContextTableParameters<A>,
     s1stalld: bool,
+    /// IDR1.ATTR_TYPES_OVR of the SMMU it was validated for: whether STE.SHCFG exists.
+    attr_types_ovr: bool,
 }
 
 impl<A: TableAddress> ContextTable<A> {
@@ -454,6 +468,7 @@ impl<A: TableAddress> ContextTable<A> {
         Ok(Self {
             parameters,
             s1stalld: matches!(features.stall_model, StallModel::StallAndTerminate),
+            attr_types_ovr: features.attr_types_ovr,
         })
     }
 
@@ -551,14 +566,15 @@ pub const fn make_abort_ste() -> Ste {
     ste
 }
 
-/// An STE that lets the stream bypass both stages, with the incoming attributes. The hypervisor
-/// never installs one for a guest's stream (guest bypass becomes stage 2); it exists for
-/// completeness and for tests of transitions from a firmware-left bypass.
+/// An STE that lets the stream bypass both stages, with the incoming attributes, for an SMMU
+/// with `features`. The hypervisor never installs one for a guest's stream (guest bypass
+/// becomes stage 2); it exists for completeness and for tests of transitions from a
+/// firmware-left bypass.
 #[must_use]
-pub const fn make_bypass_ste() -> Ste {
+pub const fn make_bypass_ste(features: &Features) -> Ste {
     let mut ste = make_abort_ste();
     ste.set_config(StreamConfig::Bypass);
-    set_stream_attributes(&mut ste);
+    set_stream_attributes(&mut ste, features.attr_types_ovr);
     ste
 }
 
@@ -567,7 +583,7 @@ pub const fn make_bypass_ste() -> Ste {
 pub fn make_stage2_ste(stage2: &Stage2Translation) -> Ste {
     let mut ste = make_abort_ste();
     ste.set_config(StreamConfig::Stage2);
-    set_stream_attributes(&mut ste);
+    set_stream_attributes(&mut ste, stage2.attr_types_ovr);
     set_stage2(&mut ste, stage2);
     ste
 }
@@ -588,7 +604,7 @@ pub fn make_stage1_ste(
     }
     let mut ste = make_abort_ste();
     ste.set_config(StreamConfig::Stage1);
-    set_stream_attributes(&mut ste);
+    set_stream_attributes(&mut ste, table.attr_types_ovr);
     set_stage1(&mut ste, table);
     ste.set_s2vmid(vmid);
     Ok(ste)
@@ -613,7 +629,9 @@ pub fn make_nested_ste(
     }
     let mut ste = make_abort_ste();
     ste.set_config(StreamConfig::Nested);
-    set_stream_attributes(&mut ste);
+    // Both halves were validated for the SMMU the STE is for; should they disagree, SHCFG is
+    // left RES0, which is right on every SMMU.
+    set_stream_attributes(&mut ste, table.attr_types_ovr && stage2.attr_types_ovr);
     set_stage1(&mut ste, table);
     set_stage2(&mut ste, stage2);
     Ok(ste)
@@ -645,10 +663,18 @@ pub fn make_cd<A: TableAddress>(translation: &Stage1Translation<A>) -> Cd {
     cd
 }
 
-/// Word-1 attributes every non-abort STE this crate makes carries (see the module docs).
-const fn set_stream_attributes(ste: &mut Ste) {
-    ste.set_shcfg(1);
+/// Word-1 attributes every non-abort STE this crate makes carries (see the module docs), for
+/// an SMMU whose IDR1.ATTR_TYPES_OVR is `attr_types_ovr`.
+const fn set_stream_attributes(ste: &mut Ste, attr_types_ovr: bool) {
+    // SHCFG 0b01: use the incoming shareability. RES0 without ATTR_TYPES_OVR (IHI 0070 5.2),
+    // where the SMMU uses the incoming value anyway.
+    if attr_types_ovr {
+        ste.set_shcfg(SHCFG_USE_INCOMING);
+    }
 }
+
+/// STE.SHCFG 0b01: use the incoming shareability attribute (IHI 0070 5.2).
+const SHCFG_USE_INCOMING: u8 = 0b01;
 
 fn set_stage1<A: TableAddress>(ste: &mut Ste, table: &ContextTable<A>) {
     let p = &table.parameters;
@@ -744,7 +770,8 @@ mod tests {
         let ste = make_stage2_ste(&s2);
         let w = ste.words();
         assert_eq!(w[0], 1 | 6 << 1);
-        assert_eq!(w[1], 1 << 44);
+        // QEMU virt has no IDR1.ATTR_TYPES_OVR: SHCFG is RES0 there.
+        assert_eq!(w[1], 0);
         assert_eq!(
             w[2],
             1 | 24 << 32
@@ -789,11 +816,53 @@ mod tests {
         assert_eq!(ste.config(), StreamConfig::Stage1);
     }
 
+    /// IHI 0070 5.2 (STE.SHCFG): "If SMMU_IDR1.ATTR_TYPES_OVR == 0, this field is RES0 and the
+    /// incoming Shareability attribute is used."
+    #[test]
+    fn shcfg_is_set_only_where_the_smmu_can_override_attributes() {
+        for attr_types_ovr in [false, true] {
+            let features = Features {
+                attr_types_ovr,
+                ..qemu()
+            };
+            let s2 = Stage2Translation::new(stage2_parameters(), &features).unwrap();
+            let pa_table =
+                ContextTable::new(table_parameters(PhysAddr(0x1000)), &features).unwrap();
+            let ipa_table = ContextTable::new(table_parameters(Ipa(0x1000)), &features).unwrap();
+            let stes = [
+                make_bypass_ste(&features),
+                make_stage2_ste(&s2),
+                make_stage1_ste(&pa_table, Vmid(1), &features).unwrap(),
+                make_nested_ste(&ipa_table, &s2).unwrap(),
+            ];
+            for ste in stes {
+                let want = if attr_types_ovr {
+                    SHCFG_USE_INCOMING
+                } else {
+                    0
+                };
+                assert_eq!(
+                    ste.shcfg(),
+                    want,
+                    "ATTR_TYPES_OVR {attr_types_ovr}: {ste:x?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn abort_and_bypass_stes_are_minimal() {
         assert_eq!(make_abort_ste().words(), [1, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(
-            make_bypass_ste().words(),
+            make_bypass_ste(&qemu()).words(),
+            [1 | 4 << 1, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let with_override = Features {
+            attr_types_ovr: true,
+            ..qemu()
+        };
+        assert_eq!(
+            make_bypass_ste(&with_override).words(),
             [1 | 4 << 1, 1 << 44, 0, 0, 0, 0, 0, 0]
         );
     }
@@ -819,7 +888,7 @@ mod tests {
         let ipa_table = ContextTable::new(table_parameters(Ipa(0x1000)), &features).unwrap();
         let stes = [
             make_abort_ste(),
-            make_bypass_ste(),
+            make_bypass_ste(&features),
             make_stage2_ste(&s2),
             make_stage1_ste(&pa_table, Vmid(1), &features).unwrap(),
             make_nested_ste(&ipa_table, &s2).unwrap(),
