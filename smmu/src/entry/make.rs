@@ -24,6 +24,17 @@
 //!   (IHI 0070 5.2, SHCFG), so writing 0b01 there sets a RES0 field (QEMU virt is such an
 //!   SMMU). Every non-abort STE made for one SMMU carries the same value, so SHCFG never makes
 //!   an update break (see [`super::used`]).
+//! - **STE: MEV = 1 (fault records may be merged) on every non-abort STE.** Every stream the
+//!   hypervisor programs carries a guest's device, and a guest can make its device fault at
+//!   will: most of all through a vSMMU (nested STEs), where it also writes the stage-1 tables,
+//!   but as easily by DMA to an unmapped IPA through stage 2 alone. Without merging, such a
+//!   flood fills the one event queue the hypervisor shares among all streams and overflows
+//!   it, losing other streams' records. MEV = 1 lets the SMMU coalesce repeats (IHI 0070
+//!   7.3.1; never stall records); software must cope with merged records even with MEV = 0
+//!   (5.2, 7.3.1), and a vSMMU may merge whatever the guest's STE says, so nothing a guest is
+//!   owed is lost. The value is the same on every non-abort STE so that MEV, read by all of
+//!   them, never turns an update into a break, as it would if only nested STEs had it (see
+//!   [`super::used`]). QEMU ignores the field (its STE decoding has no MEV).
 //! - **STE: STRW = EL1, EATS = 0 (no ATS).** Streams belong to EL1 guests; ATS is not offered
 //!   yet.
 //! - **S1STALLD = 1 when the SMMU can stall.** Stalls are not forwarded to guests, so a CD may
@@ -613,6 +624,10 @@ pub fn make_stage1_ste(
 /// An STE that translates the stream with the CDs of `table` (found, like the tables the CDs
 /// point at, through `stage2`) nested over `stage2`.
 ///
+/// This is the vSMMU's STE: the guest owns the CDs and the stage-1 tables, so its device can
+/// fault at will; MEV = 1, as on every non-abort STE, lets the SMMU merge the flood (see the
+/// module docs).
+///
 /// # Errors
 ///
 /// [`MakeError::TableOutOfRange`] if the CD table's IPA is beyond `stage2`'s input size: the
@@ -671,6 +686,9 @@ const fn set_stream_attributes(ste: &mut Ste, attr_types_ovr: bool) {
     if attr_types_ovr {
         ste.set_shcfg(SHCFG_USE_INCOMING);
     }
+    // MEV: a guest-driven device must not be able to flood the shared event queue with
+    // identical records (IHI 0070 5.2, 7.3.1; the module docs say why on every STE).
+    ste.set_mev(true);
 }
 
 /// STE.SHCFG 0b01: use the incoming shareability attribute (IHI 0070 5.2).
@@ -770,8 +788,8 @@ mod tests {
         let ste = make_stage2_ste(&s2);
         let w = ste.words();
         assert_eq!(w[0], 1 | 6 << 1);
-        // QEMU virt has no IDR1.ATTR_TYPES_OVR: SHCFG is RES0 there.
-        assert_eq!(w[1], 0);
+        // MEV; QEMU virt has no IDR1.ATTR_TYPES_OVR, so SHCFG is RES0 there.
+        assert_eq!(w[1], 1 << 19);
         assert_eq!(
             w[2],
             1 | 24 << 32
@@ -816,6 +834,28 @@ mod tests {
         assert_eq!(ste.config(), StreamConfig::Stage1);
     }
 
+    /// IHI 0070 5.2 (STE.MEV), 7.3.1: a guest can make its device fault at will, on any
+    /// stream the hypervisor programs for it; merging keeps such a flood from filling the
+    /// event queue.
+    #[test]
+    fn every_non_abort_ste_lets_the_smmu_merge_fault_events() {
+        let features = qemu();
+        let s2 = Stage2Translation::new(stage2_parameters(), &features).unwrap();
+        let pa_table = ContextTable::new(table_parameters(PhysAddr(0x1000)), &features).unwrap();
+        let ipa_table = ContextTable::new(table_parameters(Ipa(0x1000)), &features).unwrap();
+        let stes = [
+            make_bypass_ste(&features),
+            make_stage2_ste(&s2),
+            make_stage1_ste(&pa_table, Vmid(1), &features).unwrap(),
+            make_nested_ste(&ipa_table, &s2).unwrap(),
+        ];
+        for ste in stes {
+            assert!(ste.mev(), "{:?}: {ste:x?}", ste.config());
+        }
+        // An abort STE records no event and reads nothing of word 1.
+        assert!(!make_abort_ste().mev());
+    }
+
     /// IHI 0070 5.2 (STE.SHCFG): "If SMMU_IDR1.ATTR_TYPES_OVR == 0, this field is RES0 and the
     /// incoming Shareability attribute is used."
     #[test]
@@ -855,7 +895,7 @@ mod tests {
         assert_eq!(make_abort_ste().words(), [1, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(
             make_bypass_ste(&qemu()).words(),
-            [1 | 4 << 1, 0, 0, 0, 0, 0, 0, 0]
+            [1 | 4 << 1, 1 << 19, 0, 0, 0, 0, 0, 0]
         );
         let with_override = Features {
             attr_types_ovr: true,
@@ -863,7 +903,7 @@ mod tests {
         };
         assert_eq!(
             make_bypass_ste(&with_override).words(),
-            [1 | 4 << 1, 1 << 44, 0, 0, 0, 0, 0, 0]
+            [1 | 4 << 1, 1 << 44 | 1 << 19, 0, 0, 0, 0, 0, 0]
         );
     }
 
