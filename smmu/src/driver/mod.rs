@@ -55,7 +55,7 @@ use crate::hardware::{RegisterAccess, probe};
 use crate::ids::StreamId;
 use crate::queue::QueueKind;
 use crate::registers::{
-    Cr0, Cr1, Cr2, Features, Gbpa, IdError, IrqCtrl, StreamTableFormat, offset,
+    Cr0, Cr1, Cr2, Features, Gbpa, IdError, IrqCtrl, StallModel, StreamTableFormat, offset,
 };
 
 use command_queue::CommandQueue;
@@ -112,6 +112,11 @@ pub enum Error {
     /// IDR0.ST_LEVEL says the SMMU has only linear stream tables; this driver builds a
     /// two-level one.
     TwoLevelStreamTableUnsupported,
+    /// IDR0.STALL_MODEL = 0b10: the SMMU stalls every faulting transaction until software
+    /// resumes or terminates it (and rejects CDs and stage-2 STEs that do not ask for stalls,
+    /// IHI 0070 5.5). The driver has no stall-resolution path, so a device would hang on its
+    /// first fault; see [`MakeError::StallForced`](crate::entry::make::MakeError::StallForced).
+    StallForcedUnsupported,
     /// The configured SPLIT is not 6, 8 or 10, or is above the stream ID width.
     StreamTableGeometry {
         /// The stream ID width after clamping to IDR1.SIDSIZE.
@@ -195,8 +200,9 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Driver<R, M, P> {
     ///
     /// # Errors
     ///
-    /// [`Error::Id`], [`Error::TwoLevelStreamTableUnsupported`], [`Error::StreamTableGeometry`]
-    /// or [`Error::Memory`] if the SMMU or the memory cannot be used;
+    /// [`Error::Id`], [`Error::TwoLevelStreamTableUnsupported`],
+    /// [`Error::StallForcedUnsupported`], [`Error::StreamTableGeometry`] or [`Error::Memory`]
+    /// if the SMMU or the memory cannot be used (nothing is written to it then);
     /// [`Error::AcknowledgeTimeout`], [`Error::SyncTimeout`] or a command error if the SMMU
     /// does not respond as the architecture requires.
     pub fn new(
@@ -208,6 +214,9 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Driver<R, M, P> {
         let features = probe(&registers).map_err(Error::Id)?;
         if features.st_level != StreamTableFormat::TwoLevel {
             return Err(Error::TwoLevelStreamTableUnsupported);
+        }
+        if features.stall_model == StallModel::StallForced {
+            return Err(Error::StallForcedUnsupported);
         }
         let stream_table = StreamTable::new(
             memory.stream_table_l1,

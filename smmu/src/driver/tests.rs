@@ -258,6 +258,20 @@ fn atschk_is_set_before_the_first_invalidation_exactly_when_the_smmu_has_ats() {
     }
 }
 
+/// QEMU `virt` with IDR0.STALL_MODEL = 0b10 (stall forced).
+const STALL_FORCED: IdRegisters = IdRegisters {
+    idr0: (IdRegisters::QEMU_VIRT.idr0 & !(0b11 << 24)) | 0b10 << 24,
+    ..IdRegisters::QEMU_VIRT
+};
+
+#[test]
+fn a_stall_forced_smmu_is_refused_before_it_is_touched() {
+    let rig = Rig::new(STALL_FORCED);
+    let driver = rig.driver_with(LAYOUT, DriverConfig::DEFAULT);
+    assert_eq!(driver.map(|_| ()), Err(Error::StallForcedUnsupported));
+    assert_eq!(rig.smmu.writes(), []);
+}
+
 #[test]
 fn reset_acknowledges_errors_left_by_a_previous_owner() {
     let rig = Rig::new(IdRegisters::QEMU_VIRT);

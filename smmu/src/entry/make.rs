@@ -37,8 +37,15 @@
 //!   [`super::used`]). QEMU ignores the field (its STE decoding has no MEV).
 //! - **STE: STRW = EL1, EATS = 0 (no ATS).** Streams belong to EL1 guests; ATS is not offered
 //!   yet.
-//! - **S1STALLD = 1 when the SMMU can stall.** Stalls are not forwarded to guests, so a CD may
-//!   not turn them on; an SMMU that cannot stall, or always stalls, needs S1STALLD = 0.
+//! - **S1STALLD = 1 when the SMMU can stall (STALL_MODEL = 0b00).** Stalls are not forwarded
+//!   to guests, so a CD may not turn them on; on an SMMU that cannot stall S1STALLD = 1 is
+//!   ILLEGAL (IHI 0070 5.5), so it is 0 there.
+//! - **No entry for a stall-forced SMMU (STALL_MODEL = 0b10).** There every CD needs S = 1
+//!   and every STE with stage 2 needs S2S = 1 (5.5), and each translation fault then holds
+//!   the transaction until software resumes or terminates it. This component has no such
+//!   path (it never issues CMD_RESUME or CMD_STALL_TERM), so a guest's device would hang on
+//!   its first fault; every validator refuses with [`MakeError::StallForced`] rather than
+//!   make entries the SMMU would reject, and the driver refuses the SMMU itself.
 
 use crate::cd::Cd;
 use crate::ids::{Asid, Ipa, PhysAddr, Vmid};
@@ -208,6 +215,12 @@ pub enum MakeError {
     /// A two-level CD table was asked for a stream with a single CD (S1CDMax = 0), where the
     /// SMMU ignores S1Fmt: the parameters contradict each other.
     TwoLevelContextTableWithoutSubstreams,
+    /// The SMMU forces the stall fault model (IDR0.STALL_MODEL = 0b10). It would need CD.S = 1
+    /// and STE.S2S = 1 (IHI 0070 5.5: anything else is C_BAD_CD / C_BAD_STE), and then every
+    /// translation fault would hold the transaction until software answers with CMD_RESUME or
+    /// CMD_STALL_TERM, which this component never issues: a guest's device would hang on its
+    /// first fault. Such an SMMU is not supported.
+    StallForced,
 }
 
 /// The lowest alignment this component accepts for any translation table root. The
@@ -229,6 +242,14 @@ const fn check_granule(granule: Granule, features: &Features) -> Result<(), Make
         Ok(())
     } else {
         Err(MakeError::GranuleNotImplemented(granule))
+    }
+}
+
+/// No entry is made for a stall-forced SMMU (see [`MakeError::StallForced`]).
+const fn check_stall_model(features: &Features) -> Result<(), MakeError> {
+    match features.stall_model {
+        StallModel::StallForced => Err(MakeError::StallForced),
+        StallModel::StallAndTerminate | StallModel::TerminateOnly => Ok(()),
     }
 }
 
@@ -341,9 +362,10 @@ impl Stage2Translation {
     ///
     /// # Errors
     ///
-    /// - [`MakeError::Stage2NotImplemented`], [`MakeError::AArch64TablesNotImplemented`],
-    ///   [`MakeError::GranuleNotImplemented`], [`MakeError::VmidTooWide`],
-    ///   [`MakeError::OutputSizeNotImplemented`]: the SMMU cannot do it.
+    /// - [`MakeError::Stage2NotImplemented`], [`MakeError::StallForced`],
+    ///   [`MakeError::AArch64TablesNotImplemented`], [`MakeError::GranuleNotImplemented`],
+    ///   [`MakeError::VmidTooWide`], [`MakeError::OutputSizeNotImplemented`]: the SMMU cannot
+    ///   do it.
     /// - [`MakeError::InputSizeOutOfRange`], [`MakeError::InputLargerThanOutput`],
     ///   [`MakeError::StartLevelNotEncodable`], [`MakeError::StartLevelDoesNotFit`]: the
     ///   geometry is inconsistent.
@@ -353,6 +375,7 @@ impl Stage2Translation {
         if !features.s2p {
             return Err(MakeError::Stage2NotImplemented);
         }
+        check_stall_model(features)?;
         check_aarch64(features)?;
         check_granule(parameters.s2tg, features)?;
         if !features.vmid16 && parameters.vmid.0 > 0xff {
@@ -444,7 +467,8 @@ impl<A: TableAddress> ContextTable<A> {
     ///
     /// # Errors
     ///
-    /// - [`MakeError::Stage1NotImplemented`], [`MakeError::SubstreamsNotImplemented`],
+    /// - [`MakeError::Stage1NotImplemented`], [`MakeError::StallForced`],
+    ///   [`MakeError::SubstreamsNotImplemented`],
     ///   [`MakeError::TwoLevelContextTableNotImplemented`]: the SMMU cannot do it.
     /// - [`MakeError::TwoLevelContextTableWithoutSubstreams`]: S1Fmt contradicts S1CDMax.
     /// - [`MakeError::TableNotAligned`] (64 bytes, the field's granularity),
@@ -456,6 +480,7 @@ impl<A: TableAddress> ContextTable<A> {
         if !features.s1p {
             return Err(MakeError::Stage1NotImplemented);
         }
+        check_stall_model(features)?;
         if parameters.s1cdmax > features.ssidsize {
             return Err(MakeError::SubstreamsNotImplemented {
                 s1cdmax: parameters.s1cdmax,
@@ -528,9 +553,10 @@ impl<A: TableAddress> Stage1Translation<A> {
     ///
     /// # Errors
     ///
-    /// - [`MakeError::Stage1NotImplemented`], [`MakeError::AArch64TablesNotImplemented`],
-    ///   [`MakeError::GranuleNotImplemented`], [`MakeError::AsidTooWide`],
-    ///   [`MakeError::OutputSizeNotImplemented`]: the SMMU cannot do it.
+    /// - [`MakeError::Stage1NotImplemented`], [`MakeError::StallForced`],
+    ///   [`MakeError::AArch64TablesNotImplemented`], [`MakeError::GranuleNotImplemented`],
+    ///   [`MakeError::AsidTooWide`], [`MakeError::OutputSizeNotImplemented`]: the SMMU cannot
+    ///   do it.
     /// - [`MakeError::InputSizeOutOfRange`]: T0SZ outside 16..=39.
     /// - [`MakeError::TableNotAligned`] (the root table's size, at least 64 bytes),
     ///   [`MakeError::TableOutOfRange`] (TTB0 beyond IPS, which QEMU reports as C_BAD_CD).
@@ -538,6 +564,7 @@ impl<A: TableAddress> Stage1Translation<A> {
         if !features.s1p {
             return Err(MakeError::Stage1NotImplemented);
         }
+        check_stall_model(features)?;
         check_aarch64(features)?;
         check_granule(parameters.tg0, features)?;
         if !features.asid16 && parameters.asid.0 > 0xff {
@@ -832,6 +859,48 @@ mod tests {
         assert!(ste.s1stalld());
         assert_eq!(ste.s2vmid(), Vmid(1));
         assert_eq!(ste.config(), StreamConfig::Stage1);
+    }
+
+    /// IHI 0070 5.5: where IDR0.STALL_MODEL = 0b10 (stall forced), a CD with S = 0 and an STE
+    /// with stage 2 and S2S = 0 are ILLEGAL (C_BAD_CD, C_BAD_STE), as is S1STALLD = 1.
+    #[test]
+    fn no_entry_a_stall_forced_smmu_rejects_is_made() {
+        let features = Features {
+            stall_model: StallModel::StallForced,
+            ..qemu()
+        };
+        assert_eq!(
+            Stage2Translation::new(stage2_parameters(), &features),
+            Err(MakeError::StallForced)
+        );
+        assert_eq!(
+            ContextTable::new(table_parameters(Ipa(0x1000)), &features),
+            Err(MakeError::StallForced)
+        );
+        assert_eq!(
+            Stage1Translation::new(stage1_parameters(Ipa(0x1000)), &features),
+            Err(MakeError::StallForced)
+        );
+        // Whatever the validators do, nothing ILLEGAL comes out of them.
+        if let Ok(s2) = Stage2Translation::new(stage2_parameters(), &features) {
+            assert!(make_stage2_ste(&s2).s2s(), "stage 2 with S2S = 0");
+            if let Ok(table) = ContextTable::new(table_parameters(Ipa(0x1000)), &features) {
+                assert!(
+                    make_nested_ste(&table, &s2).unwrap().s2s(),
+                    "nested with S2S = 0"
+                );
+            }
+        }
+        if let Ok(table) = ContextTable::new(table_parameters(PhysAddr(0x1000)), &features) {
+            assert!(
+                !make_stage1_ste(&table, Vmid(1), &features)
+                    .unwrap()
+                    .s1stalld()
+            );
+        }
+        if let Ok(translation) = Stage1Translation::new(stage1_parameters(Ipa(0x1000)), &features) {
+            assert!(make_cd(&translation).s(), "CD with S = 0");
+        }
     }
 
     /// IHI 0070 5.2 (STE.MEV), 7.3.1: a guest can make its device fault at will, on any
