@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::fake::{FakeBehaviour, FakeBus, FakePlatform, FakeRegion, FakeSmmu};
 use super::*;
-use crate::command::{Command, Opcode};
+use crate::command::{Command, Opcode, PriResponse};
 use crate::event::{Event, EventId, EventRecord};
 use crate::ids::{Iova, PhysAddr, StreamId, SubstreamId, Vmid};
 use crate::page_request::PageRequest;
@@ -574,6 +574,84 @@ fn an_illegal_command_mid_batch_is_reported_replaced_acknowledged_and_the_rest_c
     );
     // Reported once; the queue works on.
     assert_eq!(driver.submit_and_sync(&[tlbi(4)]), Ok(()));
+}
+
+fn pri_resp(response: PriResponse) -> Cmd {
+    Cmd::PriResp {
+        sid: StreamId(8),
+        ssid: None,
+        prg_index: 5,
+        response,
+    }
+}
+
+/// IHI 0070 4.5.2: CMD_PRI_RESP's Resp 0b11 is "Reserved: ILLEGAL"; 0b00 ResponseFailure,
+/// 0b01 InvalidRequest and 0b10 Success are answered.
+#[test]
+fn a_pri_resp_with_the_reserved_response_is_an_illegal_command() {
+    let rig = Rig::new(WITH_PRI);
+    let mut driver = rig.driver();
+    let responses = [
+        PriResponse::ResponseFailure,
+        PriResponse::InvalidRequest,
+        PriResponse::Success,
+    ];
+    for response in responses {
+        assert_eq!(driver.submit_and_sync(&[pri_resp(response)]), Ok(()));
+    }
+    let [w0, w1] = pri_resp(PriResponse::Success).encode().words();
+    let reserved = Command::from_words([w0, w1 | 0b11 << 12]);
+    let index = driver.command_queue_prod().index();
+    driver.submit_raw(&[reserved]).unwrap();
+    assert_eq!(
+        driver.sync(),
+        Err(Error::CommandError {
+            kind: CommandErrorKind::Illegal,
+            index,
+            opcode: Opcode::PriResp.value(),
+        })
+    );
+}
+
+/// IHI 0070 4.5.1 and 4.5.2: CMD_ATC_INV is ILLEGAL where IDR0.ATS = 0, CMD_PRI_RESP where
+/// IDR0.PRI = 0 (QEMU virt has neither).
+#[test]
+fn atc_inv_and_pri_resp_are_illegal_without_ats_and_pri() {
+    let atc_inv = Cmd::AtcInv {
+        sid: StreamId(8),
+        ssid: None,
+        global: false,
+        size: 0,
+        addr: Iova(0x1000),
+    };
+    let cases = [
+        (IdRegisters::QEMU_VIRT, atc_inv, Some(Opcode::AtcInv)),
+        (WITH_ATS, atc_inv, None),
+        (
+            IdRegisters::QEMU_VIRT,
+            pri_resp(PriResponse::Success),
+            Some(Opcode::PriResp),
+        ),
+        (WITH_PRI, pri_resp(PriResponse::Success), None),
+    ];
+    for (ids, command, illegal) in cases {
+        let rig = Rig::new(ids);
+        let mut driver = rig.driver();
+        let index = driver.command_queue_prod().index();
+        let want = match illegal {
+            Some(opcode) => Err(Error::CommandError {
+                kind: CommandErrorKind::Illegal,
+                index,
+                opcode: opcode.value(),
+            }),
+            None => Ok(()),
+        };
+        assert_eq!(
+            driver.submit_and_sync(&[command]),
+            want,
+            "{command:?} on {ids:x?}"
+        );
+    }
 }
 
 #[test]
