@@ -1006,7 +1006,8 @@ pub struct Features {
     pub sidsize: u8,
     /// IDR1.SSIDSIZE (bits 10:6): substream ID width in bits (0: no substreams).
     pub ssidsize: u8,
-    /// IDR1.PRIQS (bits 15:11): log2 of the largest PRI queue.
+    /// IDR1.PRIQS (bits 15:11): log2 of the largest PRI queue; 0 without IDR0.PRI, where the
+    /// field is IMPLEMENTATION SPECIFIC (IHI 0070, 6.3.2).
     pub priqs: u8,
     /// IDR1.EVTQS (bits 20:16): log2 of the largest event queue.
     pub evtqs: u8,
@@ -1113,7 +1114,9 @@ impl Features {
         if ssidsize > MAX_SSIDSIZE {
             return Err(IdError::SsidSizeTooLarge(ssidsize));
         }
-        let priqs = bits::get_u8(idr1, 15, 11);
+        // IHI 0070 6.3.2: without IDR0.PRI, PRIQS is IMPLEMENTATION SPECIFIC; it sizes nothing.
+        let pri = bits::bit(idr0, 16);
+        let priqs = if pri { bits::get_u8(idr1, 15, 11) } else { 0 };
         let evtqs = bits::get_u8(idr1, 20, 16);
         let cmdqs = bits::get_u8(idr1, 25, 21);
         // Checked in queue order so the error names the first offender deterministically.
@@ -1168,7 +1171,7 @@ impl Features {
             asid16: bits::bit(idr0, 12),
             msi: bits::bit(idr0, 13),
             sev: bits::bit(idr0, 14),
-            pri: bits::bit(idr0, 16),
+            pri,
             vmid16: bits::bit(idr0, 18),
             cd2l: bits::bit(idr0, 19),
             ttendian,
@@ -1341,7 +1344,7 @@ mod tests {
                 },
             ),
             (
-                with(Q.idr0, Q.idr1 | 20 << 11, Q.idr3, Q.idr5),
+                with(idr0(0, 1 << 16), Q.idr1 | 20 << 11, Q.idr3, Q.idr5),
                 IdError::QueueTooLarge {
                     queue: QueueName::PageRequest,
                     log2size: 20,
@@ -1382,6 +1385,13 @@ mod tests {
             let f = with(Q.idr0, Q.idr1 | bits, Q.idr3, Q.idr5);
             assert_eq!(f.map(|_| ()), want, "IDR1 {bits:#x}");
         }
+    }
+
+    /// IHI 0070 6.3.2: "If SMMU_IDR0.PRI == 0, [PRIQS] has an IMPLEMENTATION SPECIFIC value."
+    #[test]
+    fn priqs_is_checked_only_where_the_smmu_has_pri() {
+        let f = with(Q.idr0, Q.idr1 | 31 << 11, Q.idr3, Q.idr5);
+        assert_eq!(f.map(|f| (f.pri, f.priqs)), Ok((false, 0)));
     }
 
     /// IHI 0070 6.3.6: every OAS encoding is defined. 0b111 is 56 bits (Reserved only up to
