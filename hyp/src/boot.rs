@@ -315,7 +315,7 @@ fn probe_smmu(registers: PhysRange) -> smmu::registers::Features {
     let features = match smmu::registers::Features::decode(&ids) {
         Ok(features) => features,
         Err(error) => {
-            defmt::error!("SMMU ID registers undecodable: {}", error);
+            defmt::error!("SMMU refused at probe: {}", error);
             exit(ExitStatus::Failure);
         }
     };
@@ -330,15 +330,16 @@ fn probe_smmu(registers: PhysRange) -> smmu::registers::Features {
         smmu::registers::StreamTableFormat::TwoLevel => "2-level",
     };
     defmt::info!(
-        "SMMU translation: {=str}; {=str} stream table; OAS {=u8} bits; granules 4K {=bool} 16K {=bool} 64K {=bool}; ASID16 {=bool} VMID16 {=bool}",
+        "SMMU translation: {=str}; {=str} stream table; OAS {=u8} bits; granules 4K {=bool} 16K {=bool} 64K {=bool}; ASID16 {=bool} VMID16 {=bool}; entries output up to {=u8} bits",
         stages,
         table,
-        features.oas.bits(),
+        features.reported_oas_bits,
         features.gran4k,
         features.gran16k,
         features.gran64k,
         features.asid16,
-        features.vmid16
+        features.vmid16,
+        features.oas.bits()
     );
     defmt::info!(
         "SMMU sizes: SIDSIZE {=u8} SSIDSIZE {=u8}; queues (log2) CMDQS {=u8} EVTQS {=u8} PRIQS {=u8}",

@@ -24,7 +24,8 @@ pub enum CdError {
     ReservedSh0(u8),
     /// SH1 is 1 (reserved shareability).
     ReservedSh1(u8),
-    /// IPS is 7 (reserved address size).
+    /// IPS is 0b111: 56 bits from SMMUv3.4 (Reserved before), for VMSAv9-128 tables only;
+    /// the hypervisor's AArch64 (VMSAv8-64) CDs never need it.
     ReservedIps(u8),
 }
 

@@ -193,10 +193,19 @@ impl Opcode {
 
 /// The response a CMD_PRI_RESP carries to the device for a page request group.
 ///
-/// This is the one place the encoding lives. Source: Arm IHI 0070, CMD_PRI_RESP (section 4.5.2
-/// in recent issues of the specification), whose Resp field maps onto the PCIe PRG Response
-/// codes. Public implementations agree that 2 is Success; the specification-based encoding
-/// names 0 Response Failure and 1 Invalid Request (older Linux code called 0 "deny").
+/// This is the one place the encoding lives. Source: Arm IHI 0070, section 4.5.2
+/// CMD_PRI_RESP(StreamID, SubstreamID, SSV, PRGIndex, Resp):
+///
+/// | Resp | specification name | meaning |
+/// |---|---|---|
+/// | 0b00 | ResponseFailure | permanent non-paging error (for example ATS or PRI disabled for the device) |
+/// | 0b01 | InvalidRequest | page-in unsuccessful for one or more pages in the group |
+/// | 0b10 | Success | page request group paged in successfully |
+/// | 0b11 | Reserved | ILLEGAL: not a value of this type; [`Command::decode`] refuses it with [`CommandDecodeError::ReservedPriResponse`] and an SMMU stops at it with CERROR_ILL |
+///
+/// Mainline Linux names 0, 1 and 2 `DENY`, `FAIL` and `SUCC`, which reads as if 0 and 1 were
+/// the other way round; the values are the same, the names here are the specification's.
+/// 4.5.2 also makes the whole command ILLEGAL where IDR0.PRI = 0.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum PriResponse {
@@ -209,7 +218,7 @@ pub enum PriResponse {
 }
 
 impl PriResponse {
-    /// Decodes the 2-bit Resp field; 3 is reserved (CERROR_ILL on hardware).
+    /// Decodes the 2-bit Resp field; `None` for 0b11, "Reserved: ILLEGAL" (IHI 0070 4.5.2).
     #[must_use]
     pub const fn from_encoding(encoding: u8) -> Option<Self> {
         match encoding {
@@ -543,7 +552,7 @@ pub enum CommandDecodeError {
     },
     /// SubstreamID is non-zero while SSV is 0.
     SubstreamIdWithoutSsv(Opcode),
-    /// CMD_PRI_RESP with Resp=3.
+    /// CMD_PRI_RESP with Resp = 0b11, "Reserved: ILLEGAL" (IHI 0070 4.5.2).
     ReservedPriResponse,
     /// CMD_RESUME with Action=3.
     ReservedResumeAction,
@@ -592,7 +601,7 @@ impl Command {
     pub const ATC_ADDR: Field = Field::new(1, 63, 12);
     /// PRGIndex (word 1 bits 8:0), PRI_RESP.
     pub const PRI_PRG_INDEX: Field = Field::new(1, 8, 0);
-    /// Resp (word 1 bits 13:12), PRI_RESP.
+    /// Resp (word 1 bits 13:12), PRI_RESP; encoding in [`PriResponse`] (IHI 0070 4.5.2).
     pub const PRI_RESP: Field = Field::new(1, 13, 12);
     /// Action (word 0 bits 13:12), RESUME.
     pub const RESUME_ACTION: Field = Field::new(0, 13, 12);
@@ -1198,12 +1207,32 @@ mod tests {
         }
     }
 
+    /// IHI 0070 4.5.2, Resp: 0b00 ResponseFailure, 0b01 InvalidRequest, 0b10 Success,
+    /// 0b11 Reserved (ILLEGAL), in word 1 bits 13:12.
     #[test]
     fn pri_response_encoding_is_the_specification_one() {
-        assert_eq!(PriResponse::ResponseFailure.encoding(), 0);
-        assert_eq!(PriResponse::InvalidRequest.encoding(), 1);
-        assert_eq!(PriResponse::Success.encoding(), 2);
-        assert_eq!(PriResponse::from_encoding(3), None);
+        let cases = [
+            (0b00, Ok(PriResponse::ResponseFailure)),
+            (0b01, Ok(PriResponse::InvalidRequest)),
+            (0b10, Ok(PriResponse::Success)),
+            (0b11, Err(CommandDecodeError::ReservedPriResponse)),
+        ];
+        for (resp, want) in cases {
+            let raw = Command::from_words([0x41, resp << 12]);
+            let decoded = raw.decode().map(|cmd| match cmd {
+                Cmd::PriResp { response, .. } => Some(response),
+                _ => None,
+            });
+            assert_eq!(decoded, want.map(Some), "Resp {resp:#04b}");
+            if let Ok(response) = want {
+                assert_eq!(u64::from(response.encoding()), resp);
+                assert_eq!(
+                    PriResponse::from_encoding(response.encoding()),
+                    Some(response)
+                );
+            }
+        }
+        assert_eq!(PriResponse::from_encoding(0b11), None);
     }
 
     #[test]

@@ -57,8 +57,9 @@ pub fn read_id_registers(regs: &impl RegisterAccess) -> IdRegisters {
 ///
 /// # Errors
 ///
-/// The [`IdError`] for the first undefined ID-register encoding: an SMMU reporting one is not
-/// one this driver can reason about.
+/// The [`IdError`] for the first undefined ID-register encoding (an SMMU reporting one is not
+/// one this driver can reason about), or for fixed table or queue bases
+/// ([`IdError::PresetBaseAddresses`]), which leave the driver nothing to program.
 pub fn probe(regs: &impl RegisterAccess) -> Result<Features, IdError> {
     Features::decode(&read_id_registers(regs))
 }
@@ -83,8 +84,9 @@ mod tests {
     #[test]
     fn probe_reports_an_undefined_id_encoding() {
         let mut regs = FakeRegisters::qemu_virt();
-        regs.write32(offset::IDR5, 0x77);
-        assert_eq!(probe(&regs), Err(IdError::ReservedOas));
+        // IDR5.VAX = 0b11 (IHI 0070, 6.3.6: reserved).
+        regs.write32(offset::IDR5, 0x74 | 3 << 10);
+        assert_eq!(probe(&regs), Err(IdError::ReservedVax(3)));
     }
 
     #[test]

@@ -874,14 +874,16 @@ pub enum Bbml {
     Level2,
 }
 
-/// IDR5.VAX: virtual address size supported by stage 1.
+/// IDR5.VAX: virtual address size supported by stage 1 (IHI 0070, 6.3.6 SMMU_IDR5).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Vax {
-    /// 48-bit VAs (0).
+    /// 48-bit VAs (0b00).
     Va48,
-    /// 52-bit VAs with 64 KiB granule (1).
+    /// 52-bit VAs (0b01): with the 64 KiB granule, or with IDR5.DS.
     Va52,
+    /// 56-bit VAs (0b10): VMSAv9-128 tables only (IDR5.D128 = 1).
+    Va56,
 }
 
 /// Which queue a size limit belongs to, for [`IdError::QueueTooLarge`].
@@ -896,7 +898,8 @@ pub enum QueueName {
     PageRequest,
 }
 
-/// An ID register value the architecture does not define.
+/// An ID register value the architecture does not define, or one that describes an SMMU this
+/// driver cannot program.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum IdError {
@@ -912,6 +915,19 @@ pub enum IdError {
     ReservedStallModel,
     /// IDR0.ST_LEVEL is 2 or 3 (reserved).
     ReservedStLevel(u8),
+    /// IDR1.TABLES_PRESET, QUEUES_PRESET or REL is set (IHI 0070, 6.3.2): the stream table
+    /// or queue base registers hold fixed values (REL: offsets from page 0) chosen by the
+    /// implementation, not the memory the driver lays out and owns. An "embedded
+    /// implementation", which Linux refuses too. (REL is RES0 without a PRESET bit; it is
+    /// refused all the same.)
+    PresetBaseAddresses {
+        /// IDR1.TABLES_PRESET (bit 30).
+        tables_preset: bool,
+        /// IDR1.QUEUES_PRESET (bit 29).
+        queues_preset: bool,
+        /// IDR1.REL (bit 28).
+        rel: bool,
+    },
     /// IDR1.SIDSIZE is above 32.
     SidSizeTooLarge(u8),
     /// IDR1.SSIDSIZE is above 20.
@@ -925,9 +941,7 @@ pub enum IdError {
     },
     /// IDR3.BBML is 3 (reserved).
     ReservedBbml,
-    /// IDR5.OAS is 7 (reserved).
-    ReservedOas,
-    /// IDR5.VAX is 2 or 3 (reserved).
+    /// IDR5.VAX is 0b11 (reserved; IHI 0070, 6.3.6).
     ReservedVax(u8),
 }
 
@@ -937,6 +951,13 @@ pub const MAX_QUEUE_LOG2SIZE: u8 = 19;
 pub const MAX_SIDSIZE: u8 = 32;
 /// The largest IDR1.SSIDSIZE.
 pub const MAX_SSIDSIZE: u8 = 20;
+/// The largest output size the entries this crate makes can use, whatever IDR5.OAS says:
+/// 52 bits, the most a VMSAv8-64 descriptor holds (with the 64 KiB granule, or DS). IDR5.OAS
+/// 0b111 (56 bits, IHI 0070 6.3.6, SMMUv3.4 and later) is only reachable through VMSAv9-128
+/// descriptors (it implies IDR5.D128 = 1), which this crate does not make.
+pub const MAX_USABLE_OAS: AddressSize = AddressSize::Bits52;
+/// IDR5.OAS 0b111, in bits.
+const OAS_0B111_BITS: u8 = 56;
 
 /// What an SMMU can do, decoded from IDR0, IDR1, IDR3 and IDR5. Field names are the
 /// architecture's.
@@ -985,7 +1006,8 @@ pub struct Features {
     pub sidsize: u8,
     /// IDR1.SSIDSIZE (bits 10:6): substream ID width in bits (0: no substreams).
     pub ssidsize: u8,
-    /// IDR1.PRIQS (bits 15:11): log2 of the largest PRI queue.
+    /// IDR1.PRIQS (bits 15:11): log2 of the largest PRI queue; 0 without IDR0.PRI, where the
+    /// field is IMPLEMENTATION SPECIFIC (IHI 0070, 6.3.2).
     pub priqs: u8,
     /// IDR1.EVTQS (bits 20:16): log2 of the largest event queue.
     pub evtqs: u8,
@@ -1001,26 +1023,33 @@ pub struct Features {
     pub ril: bool,
     /// IDR3.BBML (bits 12:11).
     pub bbml: Bbml,
-    /// IDR5.OAS (bits 2:0): output address size.
+    /// IDR5.OAS (bits 2:0): the output address size as this crate uses it, capped at
+    /// [`MAX_USABLE_OAS`]. STE.S2PS and CD.IPS are capped to OAS by the SMMU
+    /// (IHI 0070 5.2, 5.4: eff_S2PS = MIN(S2PS, OAS)), so entries made within this size are
+    /// right on any SMMU reporting at least as much.
     pub oas: AddressSize,
+    /// IDR5.OAS as the SMMU reports it, in bits: 32 to 52, or 56 for 0b111.
+    pub reported_oas_bits: u8,
     /// IDR5.GRAN4K (bit 4).
     pub gran4k: bool,
     /// IDR5.GRAN16K (bit 5).
     pub gran16k: bool,
     /// IDR5.GRAN64K (bit 6).
     pub gran64k: bool,
-    /// IDR5.VAX (bits 11:10).
+    /// IDR5.VAX (bits 11:10): stage-1 input size. Informational: this crate makes CDs with
+    /// T0SZ 16..=39 (at most 48-bit VAs), which every value allows.
     pub vax: Vax,
     /// IDR5.STALL_MAX (bits 31:16): the most stalled transactions the SMMU holds at once.
     pub stall_max: u16,
 }
 
 impl Features {
-    /// Decodes the ID registers, rejecting any undefined encoding.
+    /// Decodes the ID registers, rejecting any undefined encoding and fixed (preset) table or
+    /// queue bases.
     ///
     /// # Errors
     ///
-    /// The [`IdError`] variant naming the first undefined field found, in register order.
+    /// The [`IdError`] variant naming the first such field found, in register order.
     pub const fn decode(id: &IdRegisters) -> Result<Features, IdError> {
         let idr0 = id.idr0 as u64;
         let idr1 = id.idr1 as u64;
@@ -1067,6 +1096,16 @@ impl Features {
             None => return Err(IdError::ReservedStLevel(st_level_raw)),
         };
 
+        let tables_preset = bits::bit(idr1, 30);
+        let queues_preset = bits::bit(idr1, 29);
+        let rel = bits::bit(idr1, 28);
+        if tables_preset || queues_preset || rel {
+            return Err(IdError::PresetBaseAddresses {
+                tables_preset,
+                queues_preset,
+                rel,
+            });
+        }
         let sidsize = bits::get_u8(idr1, 5, 0);
         if sidsize > MAX_SIDSIZE {
             return Err(IdError::SidSizeTooLarge(sidsize));
@@ -1075,7 +1114,9 @@ impl Features {
         if ssidsize > MAX_SSIDSIZE {
             return Err(IdError::SsidSizeTooLarge(ssidsize));
         }
-        let priqs = bits::get_u8(idr1, 15, 11);
+        // IHI 0070 6.3.2: without IDR0.PRI, PRIQS is IMPLEMENTATION SPECIFIC; it sizes nothing.
+        let pri = bits::bit(idr0, 16);
+        let priqs = if pri { bits::get_u8(idr1, 15, 11) } else { 0 };
         let evtqs = bits::get_u8(idr1, 20, 16);
         let cmdqs = bits::get_u8(idr1, 25, 21);
         // Checked in queue order so the error names the first offender deterministically.
@@ -1105,13 +1146,16 @@ impl Features {
             _ => return Err(IdError::ReservedBbml),
         };
 
-        let oas = match AddressSize::from_encoding(bits::get_u8(idr5, 2, 0)) {
-            Some(oas) => oas,
-            None => return Err(IdError::ReservedOas),
+        // IHI 0070 6.3.6: every OAS encoding is defined; 0b111 (56 bits) is only usable
+        // with descriptors this crate does not make, so it is used as the largest one it does.
+        let (oas, reported_oas_bits) = match AddressSize::from_encoding(bits::get_u8(idr5, 2, 0)) {
+            Some(oas) => (oas, oas.bits()),
+            None => (MAX_USABLE_OAS, OAS_0B111_BITS),
         };
         let vax = match bits::get_u8(idr5, 11, 10) {
             0 => Vax::Va48,
             1 => Vax::Va52,
+            2 => Vax::Va56,
             other => return Err(IdError::ReservedVax(other)),
         };
 
@@ -1127,7 +1171,7 @@ impl Features {
             asid16: bits::bit(idr0, 12),
             msi: bits::bit(idr0, 13),
             sev: bits::bit(idr0, 14),
-            pri: bits::bit(idr0, 16),
+            pri,
             vmid16: bits::bit(idr0, 18),
             cd2l: bits::bit(idr0, 19),
             ttendian,
@@ -1145,6 +1189,7 @@ impl Features {
             ril: bits::bit(idr3, 10),
             bbml,
             oas,
+            reported_oas_bits,
             gran4k: bits::bit(idr5, 4),
             gran16k: bits::bit(idr5, 5),
             gran64k: bits::bit(idr5, 6),
@@ -1205,6 +1250,7 @@ mod tests {
         assert_eq!(f.bbml, Bbml::Level2, "IDR3 bits 12:11 of 0x1414 are 0b10");
         assert_eq!(f.oas, AddressSize::Bits44);
         assert_eq!(f.oas.bits(), 44);
+        assert_eq!(f.reported_oas_bits, 44);
         assert!(f.gran4k && f.gran16k && f.gran64k);
         assert_eq!(f.vax, Vax::Va48);
         assert_eq!(f.stall_max, 0);
@@ -1298,7 +1344,7 @@ mod tests {
                 },
             ),
             (
-                with(Q.idr0, Q.idr1 | 20 << 11, Q.idr3, Q.idr5),
+                with(idr0(0, 1 << 16), Q.idr1 | 20 << 11, Q.idr3, Q.idr5),
                 IdError::QueueTooLarge {
                     queue: QueueName::PageRequest,
                     log2size: 20,
@@ -1307,14 +1353,6 @@ mod tests {
             (
                 with(Q.idr0, Q.idr1, Q.idr3 | 0b11 << 11, Q.idr5),
                 IdError::ReservedBbml,
-            ),
-            (
-                with(Q.idr0, Q.idr1, Q.idr3, Q.idr5 | 7),
-                IdError::ReservedOas,
-            ),
-            (
-                with(Q.idr0, Q.idr1, Q.idr3, Q.idr5 | 2 << 10),
-                IdError::ReservedVax(2),
             ),
             (
                 with(Q.idr0, Q.idr1, Q.idr3, Q.idr5 | 3 << 10),
@@ -1326,19 +1364,72 @@ mod tests {
         }
     }
 
+    /// IHI 0070 6.3.2: TABLES_PRESET (30), QUEUES_PRESET (29) and REL (28) say the stream table
+    /// and queue bases are fixed by the implementation, so the driver cannot place them.
     #[test]
-    fn oas_decodes_every_defined_size() {
-        for (enc, bits) in [
-            (0, 32),
-            (1, 36),
-            (2, 40),
-            (3, 42),
-            (4, 44),
-            (5, 48),
-            (6, 52),
+    fn preset_or_relative_base_addresses_are_refused() {
+        let refused = |tables_preset, queues_preset, rel| {
+            Err(IdError::PresetBaseAddresses {
+                tables_preset,
+                queues_preset,
+                rel,
+            })
+        };
+        let cases = [
+            (1 << 30, refused(true, false, false)),
+            (1 << 29, refused(false, true, false)),
+            (1 << 28, refused(false, false, true)),
+            (0b111 << 28, refused(true, true, true)),
+        ];
+        for (bits, want) in cases {
+            let f = with(Q.idr0, Q.idr1 | bits, Q.idr3, Q.idr5);
+            assert_eq!(f.map(|_| ()), want, "IDR1 {bits:#x}");
+        }
+    }
+
+    /// IHI 0070 6.3.2: "If SMMU_IDR0.PRI == 0, [PRIQS] has an IMPLEMENTATION SPECIFIC value."
+    #[test]
+    fn priqs_is_checked_only_where_the_smmu_has_pri() {
+        let f = with(Q.idr0, Q.idr1 | 31 << 11, Q.idr3, Q.idr5);
+        assert_eq!(f.map(|f| (f.pri, f.priqs)), Ok((false, 0)));
+    }
+
+    /// IHI 0070 6.3.6: every OAS encoding is defined. 0b111 is 56 bits (Reserved only up to
+    /// SMMUv3.3) and is used as 52, the most the VMSAv8-64 entries this crate makes can output.
+    #[test]
+    fn oas_decodes_every_encoding_and_is_used_up_to_52_bits() {
+        for (enc, reported, used) in [
+            (0, 32, 32),
+            (1, 36, 36),
+            (2, 40, 40),
+            (3, 42, 42),
+            (4, 44, 44),
+            (5, 48, 48),
+            (6, 52, 52),
+            (7, 56, 52),
         ] {
             let f = with(Q.idr0, Q.idr1, Q.idr3, (Q.idr5 & !7) | enc);
-            assert_eq!(f.map(|f| f.oas.bits()), Ok(bits));
+            assert_eq!(
+                f.map(|f| (f.reported_oas_bits, f.oas.bits())),
+                Ok((reported, used)),
+                "OAS {enc:#05b}"
+            );
+        }
+    }
+
+    /// IHI 0070 6.3.6: VAX 0b00, 0b01 and 0b10 are 48-, 52- and 56-bit VAs; only 0b11 is
+    /// reserved.
+    #[test]
+    fn vax_decodes_48_52_and_56_bits_and_refuses_only_0b11() {
+        let cases = [
+            (0, Ok(Vax::Va48)),
+            (1, Ok(Vax::Va52)),
+            (2, Ok(Vax::Va56)),
+            (3, Err(IdError::ReservedVax(3))),
+        ];
+        for (enc, want) in cases {
+            let f = with(Q.idr0, Q.idr1, Q.idr3, Q.idr5 | enc << 10);
+            assert_eq!(f.map(|f| f.vax), want, "VAX {enc:#04b}");
         }
     }
 

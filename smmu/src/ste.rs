@@ -216,7 +216,8 @@ pub enum SteError {
     ReservedS2Sh0(u8),
     /// S2TG is 3 (reserved granule).
     ReservedS2Tg(u8),
-    /// S2PS is 7 (reserved address size).
+    /// S2PS is 0b111: 56 bits from SMMUv3.4 (Reserved before), for VMSAv9-128 tables only;
+    /// the hypervisor's VMSAv8-64 stage-2 tables never need it.
     ReservedS2Ps(u8),
 }
 

@@ -5,7 +5,14 @@
 //! S1CIR...) and the CD (IPS, TG0, IR0...). They are decoded here once; each structure's module
 //! maps an undefined encoding to its own error variant.
 
-/// A physical or intermediate address size, as IDR5.OAS, CD.IPS and STE.S2PS encode it.
+/// A physical or intermediate address size, as IDR5.OAS, CD.IPS and STE.S2PS encode it, up to
+/// the 52 bits a VMSAv8-64 descriptor can hold.
+///
+/// The three fields also define 0b111 as 56 bits from SMMUv3.4 (IHI 0070 5.2 S2PS, 5.4 IPS,
+/// 6.3.6 OAS; Reserved before), reachable only with VMSAv9-128 descriptors, which this crate
+/// does not make: it is not a value of this type. IDR5.OAS 0b111 decodes to
+/// [`MAX_USABLE_OAS`](crate::registers::MAX_USABLE_OAS); in an STE or CD the entry guards
+/// refuse it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum AddressSize {
@@ -37,7 +44,7 @@ impl AddressSize {
         Self::Bits52,
     ];
 
-    /// Decodes the 3-bit field; 7 is reserved.
+    /// Decodes the 3-bit field; `None` for 0b111 (56 bits, see the type's docs).
     #[must_use]
     pub const fn from_encoding(encoding: u8) -> Option<Self> {
         match encoding {

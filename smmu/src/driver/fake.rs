@@ -15,7 +15,9 @@
 //!   memory while CMDQEN is set and CMDQ_ERR is not active: each command that
 //!   [`Command::decode`] accepts is recorded and CONS advances past it (a CMD_SYNC completes at
 //!   once); at one it rejects, CONS stops at it with ERR=CERROR_ILL and GERROR.CMDQ_ERR becomes
-//!   active. (QEMU checks opcodes only; this fake also rejects reserved bits, which is stricter.)
+//!   active. So does a command the SMMU's features make ILLEGAL: CMD_ATC_INV without IDR0.ATS,
+//!   CMD_PRI_RESP without IDR0.PRI (IHI 0070 4.5.1, 4.5.2). (QEMU checks opcodes only; this
+//!   fake also rejects reserved bits and those two, which is stricter.)
 //! - tests inject event records and PRI entries, which are written at PROD as the SMMU would,
 //!   or, into a full queue, toggle PROD's overflow flag;
 //! - [`FakeSmmu::ste`] walks the stream table from the registers, as the SMMU would.
@@ -31,7 +33,7 @@ use std::rc::Rc;
 use std::vec;
 use std::vec::Vec;
 
-use crate::command::Command;
+use crate::command::{Command, Opcode};
 use crate::event::EventRecord;
 use crate::hardware::{RegisterAccess, RegisterOffset};
 use crate::ids::{PhysAddr, StreamId};
@@ -408,7 +410,7 @@ impl State {
                 return;
             };
             let command = Command::from_words(words);
-            if command.decode().is_err() {
+            if command.decode().is_err() || self.illegal_here(&command) {
                 self.stop(cons, CommandError::Illegal);
                 return;
             }
@@ -416,6 +418,18 @@ impl State {
             cons = cons.incremented();
         }
         self.registers.write32(offset::CMDQ_CONS, cons.raw());
+    }
+
+    /// Whether this SMMU's ID registers make `command` ILLEGAL (IHI 0070 4.5.1: ATC_INV when
+    /// IDR0.ATS = 0; 4.5.2: PRI_RESP when IDR0.PRI = 0).
+    fn illegal_here(&self, command: &Command) -> bool {
+        let idr0 = self.registers.read32(offset::IDR0);
+        let (ats, pri) = (idr0 & 1 << 10 != 0, idr0 & 1 << 16 != 0);
+        match Opcode::from_u8(command.opcode_raw()) {
+            Some(Opcode::AtcInv) => !ats,
+            Some(Opcode::PriResp) => !pri,
+            _ => false,
+        }
     }
 
     fn stop(&mut self, cons: QueuePointer, error: CommandError) {

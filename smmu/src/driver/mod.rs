@@ -26,7 +26,9 @@
 //! # Policy the driver enforces
 //!
 //! Once the driver owns the SMMU, GBPA is ABORT (set before translation is first disabled, so
-//! there is never a window of bypass), and every stream the hypervisor has not assigned aborts:
+//! there is never a window of bypass), CR0.ATSCHK is set if the SMMU has ATS (ATS-Translated
+//! traffic is then checked against STE.EATS instead of passing unchecked), and every stream
+//! the hypervisor has not assigned aborts:
 //! a span of stream IDs without a level-2 table has a level-1 descriptor with SPAN=0, and a
 //! fresh level-2 table holds only STEs with V=0 (the SMMU aborts and reports C_BAD_STE). The
 //! hypervisor's policy is to leave every unassigned stream with V=0 or an abort STE.
@@ -53,7 +55,7 @@ use crate::hardware::{RegisterAccess, probe};
 use crate::ids::StreamId;
 use crate::queue::QueueKind;
 use crate::registers::{
-    Cr0, Cr1, Cr2, Features, Gbpa, IdError, IrqCtrl, StreamTableFormat, offset,
+    Cr0, Cr1, Cr2, Features, Gbpa, IdError, IrqCtrl, StallModel, StreamTableFormat, offset,
 };
 
 use command_queue::CommandQueue;
@@ -110,6 +112,11 @@ pub enum Error {
     /// IDR0.ST_LEVEL says the SMMU has only linear stream tables; this driver builds a
     /// two-level one.
     TwoLevelStreamTableUnsupported,
+    /// IDR0.STALL_MODEL = 0b10: the SMMU stalls every faulting transaction until software
+    /// resumes or terminates it (and rejects CDs and stage-2 STEs that do not ask for stalls,
+    /// IHI 0070 5.5). The driver has no stall-resolution path, so a device would hang on its
+    /// first fault; see [`MakeError::StallForced`](crate::entry::make::MakeError::StallForced).
+    StallForcedUnsupported,
     /// The configured SPLIT is not 6, 8 or 10, or is above the stream ID width.
     StreamTableGeometry {
         /// The stream ID width after clamping to IDR1.SIDSIZE.
@@ -193,8 +200,9 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Driver<R, M, P> {
     ///
     /// # Errors
     ///
-    /// [`Error::Id`], [`Error::TwoLevelStreamTableUnsupported`], [`Error::StreamTableGeometry`]
-    /// or [`Error::Memory`] if the SMMU or the memory cannot be used;
+    /// [`Error::Id`], [`Error::TwoLevelStreamTableUnsupported`],
+    /// [`Error::StallForcedUnsupported`], [`Error::StreamTableGeometry`] or [`Error::Memory`]
+    /// if the SMMU or the memory cannot be used (nothing is written to it then);
     /// [`Error::AcknowledgeTimeout`], [`Error::SyncTimeout`] or a command error if the SMMU
     /// does not respond as the architecture requires.
     pub fn new(
@@ -206,6 +214,9 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Driver<R, M, P> {
         let features = probe(&registers).map_err(Error::Id)?;
         if features.st_level != StreamTableFormat::TwoLevel {
             return Err(Error::TwoLevelStreamTableUnsupported);
+        }
+        if features.stall_model == StallModel::StallForced {
+            return Err(Error::StallForcedUnsupported);
         }
         let stream_table = StreamTable::new(
             memory.stream_table_l1,
@@ -315,7 +326,13 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Driver<R, M, P> {
             self.registers.write32(offset::PRIQ_CONS, 0);
         }
 
-        let mut cr0 = Cr0::default().with_cmdqen(true);
+        // ATSCHK (IHI 0070 6.3.9): with it clear, an SMMU with ATS passes every ATS-Translated
+        // transaction without looking at the STE, so any ATS-capable device could reach all of
+        // memory; without ATS the bit is RES0. It may be cached with the configuration
+        // (6.3.9.2), so it is set before the CFGI_ALL below and is never cleared again.
+        let mut cr0 = Cr0::default()
+            .with_cmdqen(true)
+            .with_atschk(self.features.ats);
         self.write_cr0(cr0)?;
         // Nothing cached from before the reset may survive: configuration, and every TLB
         // entry the previous owner could have left.

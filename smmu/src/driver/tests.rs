@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::fake::{FakeBehaviour, FakeBus, FakePlatform, FakeRegion, FakeSmmu};
 use super::*;
-use crate::command::{Command, Opcode};
+use crate::command::{Command, Opcode, PriResponse};
 use crate::event::{Event, EventId, EventRecord};
 use crate::ids::{Iova, PhysAddr, StreamId, SubstreamId, Vmid};
 use crate::page_request::PageRequest;
@@ -29,6 +29,12 @@ const BUS_BYTES: usize = 0x5_0000;
 const WITH_PRI: IdRegisters = IdRegisters {
     idr0: IdRegisters::QEMU_VIRT.idr0 | 1 << 16,
     idr1: IdRegisters::QEMU_VIRT.idr1 | 4 << 11,
+    ..IdRegisters::QEMU_VIRT
+};
+
+/// QEMU `virt` plus ATS (IDR0.ATS).
+const WITH_ATS: IdRegisters = IdRegisters {
+    idr0: IdRegisters::QEMU_VIRT.idr0 | 1 << 10,
     ..IdRegisters::QEMU_VIRT
 };
 
@@ -216,6 +222,54 @@ fn reset_aborts_before_it_disables_and_enables_translation_last() {
         Some(offset::CR0),
         "SMMUEN is the last write"
     );
+}
+
+/// IHI 0070 6.3.9 (SMMU_CR0.ATSCHK): with ATSCHK = 0 an SMMU that has ATS lets every
+/// ATS-Translated transaction through without an STE lookup, whatever STE.EATS says; the bit
+/// is RES0 without ATS. 6.3.9.2: a change of ATSCHK must be followed by invalidating the STEs,
+/// so it is set with CMDQEN, before the reset's CFGI_ALL, and stays set.
+#[test]
+fn atschk_is_set_before_the_first_invalidation_exactly_when_the_smmu_has_ats() {
+    for (ids, ats) in [(WITH_ATS, true), (IdRegisters::QEMU_VIRT, false)] {
+        let rig = Rig::new(ids);
+        let _driver = rig.driver();
+        let writes = rig.smmu.writes();
+        let cr0_writes: Vec<Cr0> = writes
+            .iter()
+            .filter(|(r, _)| *r == offset::CR0)
+            .map(|(_, v)| Cr0(u32::try_from(*v).unwrap()))
+            .collect();
+        let enabling = cr0_writes.iter().filter(|cr0| cr0.0 != 0);
+        assert!(
+            enabling.clone().all(|cr0| cr0.atschk() == ats),
+            "{cr0_writes:x?}"
+        );
+        assert_eq!(Cr0(rig.smmu.peek32(offset::CR0ACK)).atschk(), ats);
+        if ats {
+            let first_atschk = writes
+                .iter()
+                .position(|(r, v)| *r == offset::CR0 && Cr0(u32::try_from(*v).unwrap()).atschk());
+            // The first PROD write that hands over commands (the reset writes 0 first).
+            let first_command = writes
+                .iter()
+                .position(|(r, v)| *r == offset::CMDQ_PROD && *v != 0);
+            assert!(first_atschk < first_command, "{writes:x?}");
+        }
+    }
+}
+
+/// QEMU `virt` with IDR0.STALL_MODEL = 0b10 (stall forced).
+const STALL_FORCED: IdRegisters = IdRegisters {
+    idr0: (IdRegisters::QEMU_VIRT.idr0 & !(0b11 << 24)) | 0b10 << 24,
+    ..IdRegisters::QEMU_VIRT
+};
+
+#[test]
+fn a_stall_forced_smmu_is_refused_before_it_is_touched() {
+    let rig = Rig::new(STALL_FORCED);
+    let driver = rig.driver_with(LAYOUT, DriverConfig::DEFAULT);
+    assert_eq!(driver.map(|_| ()), Err(Error::StallForcedUnsupported));
+    assert_eq!(rig.smmu.writes(), []);
 }
 
 #[test]
@@ -520,6 +574,84 @@ fn an_illegal_command_mid_batch_is_reported_replaced_acknowledged_and_the_rest_c
     );
     // Reported once; the queue works on.
     assert_eq!(driver.submit_and_sync(&[tlbi(4)]), Ok(()));
+}
+
+fn pri_resp(response: PriResponse) -> Cmd {
+    Cmd::PriResp {
+        sid: StreamId(8),
+        ssid: None,
+        prg_index: 5,
+        response,
+    }
+}
+
+/// IHI 0070 4.5.2: CMD_PRI_RESP's Resp 0b11 is "Reserved: ILLEGAL"; 0b00 ResponseFailure,
+/// 0b01 InvalidRequest and 0b10 Success are answered.
+#[test]
+fn a_pri_resp_with_the_reserved_response_is_an_illegal_command() {
+    let rig = Rig::new(WITH_PRI);
+    let mut driver = rig.driver();
+    let responses = [
+        PriResponse::ResponseFailure,
+        PriResponse::InvalidRequest,
+        PriResponse::Success,
+    ];
+    for response in responses {
+        assert_eq!(driver.submit_and_sync(&[pri_resp(response)]), Ok(()));
+    }
+    let [w0, w1] = pri_resp(PriResponse::Success).encode().words();
+    let reserved = Command::from_words([w0, w1 | 0b11 << 12]);
+    let index = driver.command_queue_prod().index();
+    driver.submit_raw(&[reserved]).unwrap();
+    assert_eq!(
+        driver.sync(),
+        Err(Error::CommandError {
+            kind: CommandErrorKind::Illegal,
+            index,
+            opcode: Opcode::PriResp.value(),
+        })
+    );
+}
+
+/// IHI 0070 4.5.1 and 4.5.2: CMD_ATC_INV is ILLEGAL where IDR0.ATS = 0, CMD_PRI_RESP where
+/// IDR0.PRI = 0 (QEMU virt has neither).
+#[test]
+fn atc_inv_and_pri_resp_are_illegal_without_ats_and_pri() {
+    let atc_inv = Cmd::AtcInv {
+        sid: StreamId(8),
+        ssid: None,
+        global: false,
+        size: 0,
+        addr: Iova(0x1000),
+    };
+    let cases = [
+        (IdRegisters::QEMU_VIRT, atc_inv, Some(Opcode::AtcInv)),
+        (WITH_ATS, atc_inv, None),
+        (
+            IdRegisters::QEMU_VIRT,
+            pri_resp(PriResponse::Success),
+            Some(Opcode::PriResp),
+        ),
+        (WITH_PRI, pri_resp(PriResponse::Success), None),
+    ];
+    for (ids, command, illegal) in cases {
+        let rig = Rig::new(ids);
+        let mut driver = rig.driver();
+        let index = driver.command_queue_prod().index();
+        let want = match illegal {
+            Some(opcode) => Err(Error::CommandError {
+                kind: CommandErrorKind::Illegal,
+                index,
+                opcode: opcode.value(),
+            }),
+            None => Ok(()),
+        };
+        assert_eq!(
+            driver.submit_and_sync(&[command]),
+            want,
+            "{command:?} on {ids:x?}"
+        );
+    }
 }
 
 #[test]

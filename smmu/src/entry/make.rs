@@ -18,10 +18,34 @@
 //!   get anyway; R=1 so every stage-1 fault reaches the hypervisor's event queue, which decides
 //!   what to forward; ASET=1 because these ASIDs are invalidated by commands, never by the
 //!   CPUs' broadcast TLBI; EPD1=1 because a device address space has no upper (TTB1) half.
-//! - **STE: SHCFG = 1 (use incoming shareability), STRW = EL1, EATS = 0 (no ATS).** The first
-//!   is what a bypassed stage should do; streams belong to EL1 guests; ATS is not offered yet.
-//! - **S1STALLD = 1 when the SMMU can stall.** Stalls are not forwarded to guests, so a CD may
-//!   not turn them on; an SMMU that cannot stall, or always stalls, needs S1STALLD = 0.
+//! - **STE: SHCFG = 0b01 (use incoming shareability) where the SMMU has IDR1.ATTR_TYPES_OVR,
+//!   and 0 where it has not.** Incoming shareability is what a bypassed stage should pass on;
+//!   without the override the field is RES0 and the SMMU uses the incoming value anyway
+//!   (IHI 0070 5.2, SHCFG), so writing 0b01 there sets a RES0 field (QEMU virt is such an
+//!   SMMU). Every non-abort STE made for one SMMU carries the same value, so SHCFG never makes
+//!   an update break (see [`super::used`]).
+//! - **STE: MEV = 1 (fault records may be merged) on every non-abort STE.** Every stream the
+//!   hypervisor programs carries a guest's device, and a guest can make its device fault at
+//!   will: most of all through a vSMMU (nested STEs), where it also writes the stage-1 tables,
+//!   but as easily by DMA to an unmapped IPA through stage 2 alone. Without merging, such a
+//!   flood fills the one event queue the hypervisor shares among all streams and overflows
+//!   it, losing other streams' records. MEV = 1 lets the SMMU coalesce repeats (IHI 0070
+//!   7.3.1; never stall records); software must cope with merged records even with MEV = 0
+//!   (5.2, 7.3.1), and a vSMMU may merge whatever the guest's STE says, so nothing a guest is
+//!   owed is lost. The value is the same on every non-abort STE so that MEV, read by all of
+//!   them, never turns an update into a break, as it would if only nested STEs had it (see
+//!   [`super::used`]). QEMU ignores the field (its STE decoding has no MEV).
+//! - **STE: STRW = EL1, EATS = 0 (no ATS).** Streams belong to EL1 guests; ATS is not offered
+//!   yet.
+//! - **S1STALLD = 1 when the SMMU can stall (STALL_MODEL = 0b00).** Stalls are not forwarded
+//!   to guests, so a CD may not turn them on; on an SMMU that cannot stall S1STALLD = 1 is
+//!   ILLEGAL (IHI 0070 5.5), so it is 0 there.
+//! - **No entry for a stall-forced SMMU (STALL_MODEL = 0b10).** There every CD needs S = 1
+//!   and every STE with stage 2 needs S2S = 1 (5.5), and each translation fault then holds
+//!   the transaction until software resumes or terminates it. This component has no such
+//!   path (it never issues CMD_RESUME or CMD_STALL_TERM), so a guest's device would hang on
+//!   its first fault; every validator refuses with [`MakeError::StallForced`] rather than
+//!   make entries the SMMU would reject, and the driver refuses the SMMU itself.
 
 use crate::cd::Cd;
 use crate::ids::{Asid, Ipa, PhysAddr, Vmid};
@@ -191,6 +215,12 @@ pub enum MakeError {
     /// A two-level CD table was asked for a stream with a single CD (S1CDMax = 0), where the
     /// SMMU ignores S1Fmt: the parameters contradict each other.
     TwoLevelContextTableWithoutSubstreams,
+    /// The SMMU forces the stall fault model (IDR0.STALL_MODEL = 0b10). It would need CD.S = 1
+    /// and STE.S2S = 1 (IHI 0070 5.5: anything else is C_BAD_CD / C_BAD_STE), and then every
+    /// translation fault would hold the transaction until software answers with CMD_RESUME or
+    /// CMD_STALL_TERM, which this component never issues: a guest's device would hang on its
+    /// first fault. Such an SMMU is not supported.
+    StallForced,
 }
 
 /// The lowest alignment this component accepts for any translation table root. The
@@ -212,6 +242,14 @@ const fn check_granule(granule: Granule, features: &Features) -> Result<(), Make
         Ok(())
     } else {
         Err(MakeError::GranuleNotImplemented(granule))
+    }
+}
+
+/// No entry is made for a stall-forced SMMU (see [`MakeError::StallForced`]).
+const fn check_stall_model(features: &Features) -> Result<(), MakeError> {
+    match features.stall_model {
+        StallModel::StallForced => Err(MakeError::StallForced),
+        StallModel::StallAndTerminate | StallModel::TerminateOnly => Ok(()),
     }
 }
 
@@ -284,6 +322,8 @@ fn start_level_index_bits(granule: Granule, start_level: StartLevel, input: u8) 
 pub struct Stage2Translation {
     parameters: Stage2Parameters,
     s2sl0: u8,
+    /// IDR1.ATTR_TYPES_OVR of the SMMU it was validated for: whether STE.SHCFG exists.
+    attr_types_ovr: bool,
 }
 
 /// What a stage-2 translation is made of, field by field (STE word 2 and S2TTB).
@@ -322,9 +362,10 @@ impl Stage2Translation {
     ///
     /// # Errors
     ///
-    /// - [`MakeError::Stage2NotImplemented`], [`MakeError::AArch64TablesNotImplemented`],
-    ///   [`MakeError::GranuleNotImplemented`], [`MakeError::VmidTooWide`],
-    ///   [`MakeError::OutputSizeNotImplemented`]: the SMMU cannot do it.
+    /// - [`MakeError::Stage2NotImplemented`], [`MakeError::StallForced`],
+    ///   [`MakeError::AArch64TablesNotImplemented`], [`MakeError::GranuleNotImplemented`],
+    ///   [`MakeError::VmidTooWide`], [`MakeError::OutputSizeNotImplemented`]: the SMMU cannot
+    ///   do it.
     /// - [`MakeError::InputSizeOutOfRange`], [`MakeError::InputLargerThanOutput`],
     ///   [`MakeError::StartLevelNotEncodable`], [`MakeError::StartLevelDoesNotFit`]: the
     ///   geometry is inconsistent.
@@ -334,6 +375,7 @@ impl Stage2Translation {
         if !features.s2p {
             return Err(MakeError::Stage2NotImplemented);
         }
+        check_stall_model(features)?;
         check_aarch64(features)?;
         check_granule(parameters.s2tg, features)?;
         if !features.vmid16 && parameters.vmid.0 > 0xff {
@@ -369,7 +411,11 @@ impl Stage2Translation {
             root_bytes.max(MIN_TABLE_ALIGNMENT),
             parameters.s2ps.bits(),
         )?;
-        Ok(Self { parameters, s2sl0 })
+        Ok(Self {
+            parameters,
+            s2sl0,
+            attr_types_ovr: features.attr_types_ovr,
+        })
     }
 
     /// The parameters it was made from.
@@ -412,6 +458,8 @@ pub struct ContextTableParameters<A> {
 pub struct ContextTable<A> {
     parameters: ContextTableParameters<A>,
     s1stalld: bool,
+    /// IDR1.ATTR_TYPES_OVR of the SMMU it was validated for: whether STE.SHCFG exists.
+    attr_types_ovr: bool,
 }
 
 impl<A: TableAddress> ContextTable<A> {
@@ -419,7 +467,8 @@ impl<A: TableAddress> ContextTable<A> {
     ///
     /// # Errors
     ///
-    /// - [`MakeError::Stage1NotImplemented`], [`MakeError::SubstreamsNotImplemented`],
+    /// - [`MakeError::Stage1NotImplemented`], [`MakeError::StallForced`],
+    ///   [`MakeError::SubstreamsNotImplemented`],
     ///   [`MakeError::TwoLevelContextTableNotImplemented`]: the SMMU cannot do it.
     /// - [`MakeError::TwoLevelContextTableWithoutSubstreams`]: S1Fmt contradicts S1CDMax.
     /// - [`MakeError::TableNotAligned`] (64 bytes, the field's granularity),
@@ -431,6 +480,7 @@ impl<A: TableAddress> ContextTable<A> {
         if !features.s1p {
             return Err(MakeError::Stage1NotImplemented);
         }
+        check_stall_model(features)?;
         if parameters.s1cdmax > features.ssidsize {
             return Err(MakeError::SubstreamsNotImplemented {
                 s1cdmax: parameters.s1cdmax,
@@ -454,6 +504,7 @@ impl<A: TableAddress> ContextTable<A> {
         Ok(Self {
             parameters,
             s1stalld: matches!(features.stall_model, StallModel::StallAndTerminate),
+            attr_types_ovr: features.attr_types_ovr,
         })
     }
 
@@ -502,9 +553,10 @@ impl<A: TableAddress> Stage1Translation<A> {
     ///
     /// # Errors
     ///
-    /// - [`MakeError::Stage1NotImplemented`], [`MakeError::AArch64TablesNotImplemented`],
-    ///   [`MakeError::GranuleNotImplemented`], [`MakeError::AsidTooWide`],
-    ///   [`MakeError::OutputSizeNotImplemented`]: the SMMU cannot do it.
+    /// - [`MakeError::Stage1NotImplemented`], [`MakeError::StallForced`],
+    ///   [`MakeError::AArch64TablesNotImplemented`], [`MakeError::GranuleNotImplemented`],
+    ///   [`MakeError::AsidTooWide`], [`MakeError::OutputSizeNotImplemented`]: the SMMU cannot
+    ///   do it.
     /// - [`MakeError::InputSizeOutOfRange`]: T0SZ outside 16..=39.
     /// - [`MakeError::TableNotAligned`] (the root table's size, at least 64 bytes),
     ///   [`MakeError::TableOutOfRange`] (TTB0 beyond IPS, which QEMU reports as C_BAD_CD).
@@ -512,6 +564,7 @@ impl<A: TableAddress> Stage1Translation<A> {
         if !features.s1p {
             return Err(MakeError::Stage1NotImplemented);
         }
+        check_stall_model(features)?;
         check_aarch64(features)?;
         check_granule(parameters.tg0, features)?;
         if !features.asid16 && parameters.asid.0 > 0xff {
@@ -551,14 +604,15 @@ pub const fn make_abort_ste() -> Ste {
     ste
 }
 
-/// An STE that lets the stream bypass both stages, with the incoming attributes. The hypervisor
-/// never installs one for a guest's stream (guest bypass becomes stage 2); it exists for
-/// completeness and for tests of transitions from a firmware-left bypass.
+/// An STE that lets the stream bypass both stages, with the incoming attributes, for an SMMU
+/// with `features`. The hypervisor never installs one for a guest's stream (guest bypass
+/// becomes stage 2); it exists for completeness and for tests of transitions from a
+/// firmware-left bypass.
 #[must_use]
-pub const fn make_bypass_ste() -> Ste {
+pub const fn make_bypass_ste(features: &Features) -> Ste {
     let mut ste = make_abort_ste();
     ste.set_config(StreamConfig::Bypass);
-    set_stream_attributes(&mut ste);
+    set_stream_attributes(&mut ste, features.attr_types_ovr);
     ste
 }
 
@@ -567,7 +621,7 @@ pub const fn make_bypass_ste() -> Ste {
 pub fn make_stage2_ste(stage2: &Stage2Translation) -> Ste {
     let mut ste = make_abort_ste();
     ste.set_config(StreamConfig::Stage2);
-    set_stream_attributes(&mut ste);
+    set_stream_attributes(&mut ste, stage2.attr_types_ovr);
     set_stage2(&mut ste, stage2);
     ste
 }
@@ -588,7 +642,7 @@ pub fn make_stage1_ste(
     }
     let mut ste = make_abort_ste();
     ste.set_config(StreamConfig::Stage1);
-    set_stream_attributes(&mut ste);
+    set_stream_attributes(&mut ste, table.attr_types_ovr);
     set_stage1(&mut ste, table);
     ste.set_s2vmid(vmid);
     Ok(ste)
@@ -596,6 +650,10 @@ pub fn make_stage1_ste(
 
 /// An STE that translates the stream with the CDs of `table` (found, like the tables the CDs
 /// point at, through `stage2`) nested over `stage2`.
+///
+/// This is the vSMMU's STE: the guest owns the CDs and the stage-1 tables, so its device can
+/// fault at will; MEV = 1, as on every non-abort STE, lets the SMMU merge the flood (see the
+/// module docs).
 ///
 /// # Errors
 ///
@@ -613,7 +671,9 @@ pub fn make_nested_ste(
     }
     let mut ste = make_abort_ste();
     ste.set_config(StreamConfig::Nested);
-    set_stream_attributes(&mut ste);
+    // Both halves were validated for the SMMU the STE is for; should they disagree, SHCFG is
+    // left RES0, which is right on every SMMU.
+    set_stream_attributes(&mut ste, table.attr_types_ovr && stage2.attr_types_ovr);
     set_stage1(&mut ste, table);
     set_stage2(&mut ste, stage2);
     Ok(ste)
@@ -645,10 +705,21 @@ pub fn make_cd<A: TableAddress>(translation: &Stage1Translation<A>) -> Cd {
     cd
 }
 
-/// Word-1 attributes every non-abort STE this crate makes carries (see the module docs).
-const fn set_stream_attributes(ste: &mut Ste) {
-    ste.set_shcfg(1);
+/// Word-1 attributes every non-abort STE this crate makes carries (see the module docs), for
+/// an SMMU whose IDR1.ATTR_TYPES_OVR is `attr_types_ovr`.
+const fn set_stream_attributes(ste: &mut Ste, attr_types_ovr: bool) {
+    // SHCFG 0b01: use the incoming shareability. RES0 without ATTR_TYPES_OVR (IHI 0070 5.2),
+    // where the SMMU uses the incoming value anyway.
+    if attr_types_ovr {
+        ste.set_shcfg(SHCFG_USE_INCOMING);
+    }
+    // MEV: a guest-driven device must not be able to flood the shared event queue with
+    // identical records (IHI 0070 5.2, 7.3.1; the module docs say why on every STE).
+    ste.set_mev(true);
 }
+
+/// STE.SHCFG 0b01: use the incoming shareability attribute (IHI 0070 5.2).
+const SHCFG_USE_INCOMING: u8 = 0b01;
 
 fn set_stage1<A: TableAddress>(ste: &mut Ste, table: &ContextTable<A>) {
     let p = &table.parameters;
@@ -744,7 +815,8 @@ mod tests {
         let ste = make_stage2_ste(&s2);
         let w = ste.words();
         assert_eq!(w[0], 1 | 6 << 1);
-        assert_eq!(w[1], 1 << 44);
+        // MEV; QEMU virt has no IDR1.ATTR_TYPES_OVR, so SHCFG is RES0 there.
+        assert_eq!(w[1], 1 << 19);
         assert_eq!(
             w[2],
             1 | 24 << 32
@@ -789,12 +861,118 @@ mod tests {
         assert_eq!(ste.config(), StreamConfig::Stage1);
     }
 
+    /// IHI 0070 5.5: where IDR0.STALL_MODEL = 0b10 (stall forced), a CD with S = 0 and an STE
+    /// with stage 2 and S2S = 0 are ILLEGAL (C_BAD_CD, C_BAD_STE), as is S1STALLD = 1.
+    #[test]
+    fn no_entry_a_stall_forced_smmu_rejects_is_made() {
+        let features = Features {
+            stall_model: StallModel::StallForced,
+            ..qemu()
+        };
+        assert_eq!(
+            Stage2Translation::new(stage2_parameters(), &features),
+            Err(MakeError::StallForced)
+        );
+        assert_eq!(
+            ContextTable::new(table_parameters(Ipa(0x1000)), &features),
+            Err(MakeError::StallForced)
+        );
+        assert_eq!(
+            Stage1Translation::new(stage1_parameters(Ipa(0x1000)), &features),
+            Err(MakeError::StallForced)
+        );
+        // Whatever the validators do, nothing ILLEGAL comes out of them.
+        if let Ok(s2) = Stage2Translation::new(stage2_parameters(), &features) {
+            assert!(make_stage2_ste(&s2).s2s(), "stage 2 with S2S = 0");
+            if let Ok(table) = ContextTable::new(table_parameters(Ipa(0x1000)), &features) {
+                assert!(
+                    make_nested_ste(&table, &s2).unwrap().s2s(),
+                    "nested with S2S = 0"
+                );
+            }
+        }
+        if let Ok(table) = ContextTable::new(table_parameters(PhysAddr(0x1000)), &features) {
+            assert!(
+                !make_stage1_ste(&table, Vmid(1), &features)
+                    .unwrap()
+                    .s1stalld()
+            );
+        }
+        if let Ok(translation) = Stage1Translation::new(stage1_parameters(Ipa(0x1000)), &features) {
+            assert!(make_cd(&translation).s(), "CD with S = 0");
+        }
+    }
+
+    /// IHI 0070 5.2 (STE.MEV), 7.3.1: a guest can make its device fault at will, on any
+    /// stream the hypervisor programs for it; merging keeps such a flood from filling the
+    /// event queue.
+    #[test]
+    fn every_non_abort_ste_lets_the_smmu_merge_fault_events() {
+        let features = qemu();
+        let s2 = Stage2Translation::new(stage2_parameters(), &features).unwrap();
+        let pa_table = ContextTable::new(table_parameters(PhysAddr(0x1000)), &features).unwrap();
+        let ipa_table = ContextTable::new(table_parameters(Ipa(0x1000)), &features).unwrap();
+        let stes = [
+            make_bypass_ste(&features),
+            make_stage2_ste(&s2),
+            make_stage1_ste(&pa_table, Vmid(1), &features).unwrap(),
+            make_nested_ste(&ipa_table, &s2).unwrap(),
+        ];
+        for ste in stes {
+            assert!(ste.mev(), "{:?}: {ste:x?}", ste.config());
+        }
+        // An abort STE records no event and reads nothing of word 1.
+        assert!(!make_abort_ste().mev());
+    }
+
+    /// IHI 0070 5.2 (STE.SHCFG): "If SMMU_IDR1.ATTR_TYPES_OVR == 0, this field is RES0 and the
+    /// incoming Shareability attribute is used."
+    #[test]
+    fn shcfg_is_set_only_where_the_smmu_can_override_attributes() {
+        for attr_types_ovr in [false, true] {
+            let features = Features {
+                attr_types_ovr,
+                ..qemu()
+            };
+            let s2 = Stage2Translation::new(stage2_parameters(), &features).unwrap();
+            let pa_table =
+                ContextTable::new(table_parameters(PhysAddr(0x1000)), &features).unwrap();
+            let ipa_table = ContextTable::new(table_parameters(Ipa(0x1000)), &features).unwrap();
+            let stes = [
+                make_bypass_ste(&features),
+                make_stage2_ste(&s2),
+                make_stage1_ste(&pa_table, Vmid(1), &features).unwrap(),
+                make_nested_ste(&ipa_table, &s2).unwrap(),
+            ];
+            for ste in stes {
+                let want = if attr_types_ovr {
+                    SHCFG_USE_INCOMING
+                } else {
+                    0
+                };
+                assert_eq!(
+                    ste.shcfg(),
+                    want,
+                    "ATTR_TYPES_OVR {attr_types_ovr}: {ste:x?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn abort_and_bypass_stes_are_minimal() {
         assert_eq!(make_abort_ste().words(), [1, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(
-            make_bypass_ste().words(),
-            [1 | 4 << 1, 1 << 44, 0, 0, 0, 0, 0, 0]
+            make_bypass_ste(&qemu()).words(),
+            [1 | 4 << 1, 1 << 19, 0, 0, 0, 0, 0, 0]
+        );
+        let with_override = Features {
+            attr_types_ovr: true,
+            ..qemu()
+        };
+        assert_eq!(
+            make_bypass_ste(&with_override).words(),
+            [1 | 4 << 1, 1 << 44 | 1 << 19, 0, 0, 0, 0, 0, 0]
         );
     }
 
@@ -819,7 +997,7 @@ mod tests {
         let ipa_table = ContextTable::new(table_parameters(Ipa(0x1000)), &features).unwrap();
         let stes = [
             make_abort_ste(),
-            make_bypass_ste(),
+            make_bypass_ste(&features),
             make_stage2_ste(&s2),
             make_stage1_ste(&pa_table, Vmid(1), &features).unwrap(),
             make_nested_ste(&ipa_table, &s2).unwrap(),

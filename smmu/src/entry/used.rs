@@ -38,8 +38,9 @@ const fn masks(fields: &[Field]) -> u64 {
 ///
 /// The architecture applies some of them only in some configurations (SHCFG, for example, only
 /// where a stage is bypassed); they are counted for every non-abort configuration because the
-/// entries this crate makes give them the same value in all of those, so counting them costs
-/// no hitless update and cannot miss a use.
+/// entries this crate makes for one SMMU give them the same value in all of those (SHCFG, for
+/// instance, is 0b01 on every one where IDR1.ATTR_TYPES_OVR = 1 and RES0 on every one where
+/// it is 0), so counting them costs no hitless update and cannot miss a use.
 const STE_WORD1_STREAM_ATTRIBUTES: u64 = masks(&[
     Ste::DCP,
     Ste::MEV,
