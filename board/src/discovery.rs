@@ -13,6 +13,7 @@
 //! capacity. No input makes this module allocate, loop without bound or panic.
 
 mod cells;
+pub mod devices;
 
 use core::fmt;
 
@@ -215,6 +216,8 @@ pub enum DiscoveryError {
     UnknownIommu,
     /// `/chosen/bootargs` is longer than [`MAX_BOOTARGS_LEN`].
     BootargsTooLong(usize),
+    /// A node's full path is longer than [`devices::MAX_PATH_LEN`].
+    PathTooLong,
 }
 
 impl From<&dtoolkit::error::FdtErrorKind> for BlobError {
@@ -258,6 +261,11 @@ impl fmt::Display for DiscoveryError {
             Self::UnknownIommu => {
                 write!(f, "PCIe `iommu-map` names an IOMMU other than the SMMUv3")
             }
+            Self::PathTooLong => write!(
+                f,
+                "a node's path is longer than {} bytes",
+                devices::MAX_PATH_LEN
+            ),
             Self::BootargsTooLong(length) => {
                 write!(
                     f,

@@ -37,9 +37,12 @@ use crate::discovery::{BlobError, MAX_BOOTARGS_LEN, MAX_DEPTH};
 /// Capacity for the guest's RAM ranges.
 pub const MAX_GUEST_MEMORY_RANGES: usize = 8;
 /// Capacity for [`GuestTreeEdits::remove`].
-pub const MAX_REMOVED_NODES: usize = 32;
+pub const MAX_REMOVED_NODES: usize = 64;
+/// The set of removed paths a node may still be on, one bit per path.
+type PathMask = u64;
+const _: () = assert!(MAX_REMOVED_NODES <= PathMask::BITS as usize);
 /// Capacity for the phandles of removed nodes (all nodes of the removed subtrees).
-pub const MAX_REMOVED_PHANDLES: usize = 64;
+pub const MAX_REMOVED_PHANDLES: usize = 128;
 /// Capacity for the IOMMUs and MSI controllers whose cell counts are remembered to parse
 /// references to them. Past it, references are judged by the fallback rule.
 const MAX_PROVIDERS: usize = 64;
@@ -516,9 +519,9 @@ impl<'a> RemovedPaths<'a> {
     }
 
     /// The candidates for the root: every path.
-    fn all(&self) -> u32 {
-        // At most 32 paths, checked in `new`.
-        (0..self.paths.len()).fold(0, |mask, index| mask | 1u32 << index)
+    fn all(&self) -> PathMask {
+        // At most MAX_REMOVED_NODES paths, checked in `new`.
+        (0..self.paths.len()).fold(0, |mask, index| mask | 1 << index)
     }
 
     fn components(path: &str) -> core::str::Split<'_, char> {
@@ -526,10 +529,10 @@ impl<'a> RemovedPaths<'a> {
     }
 
     /// The paths of `parent` (a node at `level - 1`) that continue with `name` at `level`.
-    fn candidates(&self, parent: u32, level: usize, name: &[u8]) -> u32 {
+    fn candidates(&self, parent: PathMask, level: usize, name: &[u8]) -> PathMask {
         let mut candidates = 0;
         for (index, path) in self.paths.iter().enumerate() {
-            let bit = 1u32 << index;
+            let bit: PathMask = 1 << index;
             let component = Self::components(path).nth(level.wrapping_sub(1));
             if parent & bit != 0 && component.map(str::as_bytes) == Some(name) {
                 candidates |= bit;
@@ -539,9 +542,9 @@ impl<'a> RemovedPaths<'a> {
     }
 
     /// Whether a node at `level` with `candidates` is named by a path.
-    fn names_node(&self, candidates: u32, level: usize) -> bool {
+    fn names_node(&self, candidates: PathMask, level: usize) -> bool {
         self.paths.iter().enumerate().any(|(index, path)| {
-            candidates & (1u32 << index) != 0 && Self::components(path).count() == level
+            candidates & (1 << index) != 0 && Self::components(path).count() == level
         })
     }
 
@@ -588,7 +591,7 @@ impl Scan {
             ..Self::default()
         };
         let mut cursor = Cursor { blob, offset: 0 };
-        let mut masks = [0u32; LEVELS];
+        let mut masks: [PathMask; LEVELS] = [0; LEVELS];
         let mut depth = 0usize;
         let mut removed_from: Option<usize> = None;
         let mut root_done = false;
@@ -997,7 +1000,7 @@ impl Emit<'_, '_, '_> {
             blob: self.blob,
             offset: 0,
         };
-        let mut masks = [0u32; LEVELS];
+        let mut masks: [PathMask; LEVELS] = [0; LEVELS];
         let mut depth = 0usize;
         let mut memory_written = false;
         let mut chosen_seen = false;

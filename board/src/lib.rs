@@ -10,6 +10,8 @@
 //! - [`discovery`]: [`discover`] reads a DTB into a [`Discovered`], bounded and panic-free.
 //! - [`cross_check`](mod@cross_check): [`identify`] picks the platform a DTB names, and [`cross_check()`]
 //!   reports each [`Mismatch`] between the board data and the DTB.
+//! - [`guest_devices`]: the allow-list of devices a guest may have, and [`guest_devices::plan`],
+//!   which judges every device node of a DTB against it.
 //! - [`guest_tree`]: [`build_guest_tree`] derives the guest's DTB from the platform's: the
 //!   guest's RAM, the hypervisor's devices removed, `/chosen` set.
 //! - [`stream_ids`]: requester IDs, bus ranges and the `iommu-map` arithmetic that gives
@@ -32,6 +34,7 @@
 
 pub mod cross_check;
 pub mod discovery;
+pub mod guest_devices;
 pub mod guest_tree;
 pub mod interrupt;
 pub mod platform;

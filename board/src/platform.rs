@@ -10,6 +10,7 @@ mod qemu_virt;
 
 pub use self::fvp_base_revc::FVP_BASE_REVC;
 pub use self::qemu_virt::QEMU_VIRT;
+use crate::guest_devices::{GuestDevice, WithheldDevice};
 use crate::interrupt::Interrupt;
 use crate::stream_ids::{self, BusRange, IommuMapEntry, RequesterId, StreamIdError, StreamIdRange};
 use smmu::{PhysRange, StreamId};
@@ -45,6 +46,12 @@ pub struct Platform {
     pub fw_cfg: Option<PhysRange>,
     /// How the hypervisor, at EL2, calls PSCI.
     pub psci: PsciConduit,
+    /// The devices a guest may be given, each with the reason it is safe: the allow-list
+    /// ([`crate::guest_devices`]). Anything else is withheld.
+    pub guest_devices: &'static [GuestDevice],
+    /// Devices known to be unfit for a guest, with the reason, for the log. Being listed
+    /// here changes nothing: a device not on `guest_devices` is withheld anyway.
+    pub withheld_devices: &'static [WithheldDevice],
 }
 
 impl Platform {

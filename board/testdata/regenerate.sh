@@ -7,7 +7,8 @@
 #   qemu-virt-one-uart.dtb       real QEMU virt, one -serial: no UART1 node
 #   qemu-virt-no-smmu.dtb        real QEMU virt without iommu=smmuv3: no SMMU node, no iommu-map
 #   qemu-virt-highmem-off.dtb    real QEMU virt, highmem=off: ECAM at 0x3f00_0000, 16 buses
-#   qemu-virt-*.dts              hand edits of qemu-virt.dts (see the comment at their top)
+#   qemu-virt-*.dts              hand edits of qemu-virt.dts (see the comment at their top),
+#                                qemu-virt-platform-device among them
 #   fvp-base-revc.dts            written from Linux's fvp-base-revc.dts + rtsm_ve-motherboard.dtsi
 #
 # QEMU's blobs differ from run to run only in /chosen's rng-seed and kaslr-seed. The hand
@@ -29,7 +30,8 @@ qemu -M $m,dumpdtb=raw.dtb -serial null && pack qemu-virt-one-uart.dtb
 qemu -M virt,virtualization=on,gic-version=3,dumpdtb=raw.dtb -serial null -serial null \
     && pack qemu-virt-no-smmu.dtb
 qemu -M $m,highmem=off,dumpdtb=raw.dtb -serial null -serial null && pack qemu-virt-highmem-off.dtb
-for dts in qemu-virt-uart1-moved qemu-virt-no-memory qemu-virt-smmu-gerror-level fvp-base-revc \
+for dts in qemu-virt-uart1-moved qemu-virt-no-memory qemu-virt-smmu-gerror-level \
+    qemu-virt-platform-device fvp-base-revc \
     fvp-base-revc-psci-hvc; do
     dtc -q -I dts -O dtb -o "$dts.dtb" "$dts.dts"
 done

@@ -23,9 +23,111 @@
 //! mismatch and this file must follow the firmware actually used.
 
 use super::{Gic, PcieHost, Platform, PsciConduit, Smmu, SmmuInterrupts};
+use crate::guest_devices::{GuestDevice, GuestMapping, Safety, WithheldDevice};
 use crate::interrupt::{Interrupt, Trigger};
 use crate::stream_ids::{BusRange, IommuMapEntry};
 use smmu::PhysRange;
+
+const UART0: PhysRange = PhysRange::new(0x1c09_0000, 0x1000);
+const RTC: PhysRange = PhysRange::new(0x1c17_0000, 0x1000);
+const GICD: PhysRange = PhysRange::new(0x2f00_0000, 0x1_0000);
+const GICR: PhysRange = PhysRange::new(0x2f10_0000, 0x20_0000);
+const ECAM: PhysRange = PhysRange::new(0x4000_0000, 0x1000_0000);
+const PCIE_MMIO32: PhysRange = PhysRange::new(0x5000_0000, 0x1000_0000);
+
+/// What an FVP guest may have: its console, the RTC, the GIC (LPIs trapped) and the PCIe host.
+/// The motherboard's other peripherals (the system registers that reset and power off the
+/// board, the other UARTs, the flash, the display controllers, the DMA-330, virtio-mmio) are
+/// withheld.
+const GUEST_DEVICES: &[GuestDevice] = &[
+    GuestDevice {
+        name: "UART0 (PL011)",
+        compatible: "arm,pl011",
+        range: UART0,
+        mapping: GuestMapping::Passthrough,
+        safety: Safety::NoDma,
+        why: "a UART: data and control registers; its DMA requests need a DMA controller, and no guest gets one",
+    },
+    GuestDevice {
+        name: "RTC (PL031)",
+        compatible: "arm,pl031",
+        range: RTC,
+        mapping: GuestMapping::Passthrough,
+        safety: Safety::NoDma,
+        why: "a real-time clock: counter, match and interrupt registers",
+    },
+    GuestDevice {
+        name: "GIC distributor",
+        compatible: "arm,gic-v3",
+        range: GICD,
+        mapping: GuestMapping::Passthrough,
+        safety: Safety::NoDma,
+        why: "routes, enables and prioritises SPIs; none of its registers names memory",
+    },
+    GuestDevice {
+        name: "GIC redistributors",
+        compatible: "arm,gic-v3",
+        range: GICR,
+        mapping: GuestMapping::RedistributorsWithLpisTrapped,
+        safety: Safety::Trapped,
+        why: "GICR_PROPBASER/PENDBASER make the GIC read and write LPI tables without the SMMU: RD_base frames trap and hide LPIs, SGI_base frames pass through",
+    },
+    GuestDevice {
+        name: "PCIe ECAM",
+        compatible: "pci-host-ecam-generic",
+        range: ECAM,
+        mapping: GuestMapping::Passthrough,
+        safety: Safety::ThroughSmmu,
+        why: "configuration space of endpoints whose every DMA goes through the SMMU (the iommu-map covers all requester IDs; each stream is confined)",
+    },
+    GuestDevice {
+        name: "PCIe 32-bit window",
+        compatible: "pci-host-ecam-generic",
+        range: PCIE_MMIO32,
+        mapping: GuestMapping::Passthrough,
+        safety: Safety::ThroughSmmu,
+        why: "endpoints' memory BARs, behind the SMMU",
+    },
+];
+
+/// What FVP has that a guest must not, and why.
+const WITHHELD_DEVICES: &[WithheldDevice] = &[
+    WithheldDevice {
+        compatible: "arm,pl330",
+        masters_memory: true,
+        why: "the DMA-330 copies between any physical addresses, around the SMMU",
+    },
+    WithheldDevice {
+        compatible: "virtio,mmio",
+        masters_memory: true,
+        why: "the model reads and writes the device's queues at guest-chosen physical addresses, around the SMMU",
+    },
+    WithheldDevice {
+        compatible: "arm,pl111",
+        masters_memory: true,
+        why: "the CLCD controller fetches its frame buffer from any physical address, around the SMMU",
+    },
+    WithheldDevice {
+        compatible: "arm,hdlcd",
+        masters_memory: true,
+        why: "the HDLCD fetches its frame buffer from any physical address, around the SMMU",
+    },
+    WithheldDevice {
+        compatible: "arm,gic-v3-its",
+        masters_memory: true,
+        why: "the ITS reads and writes its tables and command queue at addresses its programmer chooses, around the SMMU",
+    },
+    WithheldDevice {
+        compatible: "cfi-flash",
+        masters_memory: false,
+        why: "the NOR flash holds the platform's firmware (TF-A's FIP)",
+    },
+    WithheldDevice {
+        compatible: "arm,vexpress-sysreg",
+        masters_memory: false,
+        why: "the motherboard's system registers reset and power off the whole platform",
+    },
+];
 
 /// FVP Base RevC-2xAEMvA booted through TF-A.
 pub const FVP_BASE_REVC: Platform = Platform {
@@ -35,11 +137,11 @@ pub const FVP_BASE_REVC: Platform = Platform {
         PhysRange::new(0x8000_0000, 0x8000_0000),
         PhysRange::new(0x8_8000_0000, 0x7_8000_0000),
     ],
-    uart0: PhysRange::new(0x1c09_0000, 0x1000),
+    uart0: UART0,
     uart1: PhysRange::new(0x1c0a_0000, 0x1000),
     gic: Gic {
-        distributor: PhysRange::new(0x2f00_0000, 0x1_0000),
-        redistributors: PhysRange::new(0x2f10_0000, 0x20_0000),
+        distributor: GICD,
+        redistributors: GICR,
         its: Some(PhysRange::new(0x2f02_0000, 0x2_0000)),
     },
     smmu: Smmu {
@@ -53,14 +155,16 @@ pub const FVP_BASE_REVC: Platform = Platform {
         },
     },
     pcie: PcieHost {
-        ecam: PhysRange::new(0x4000_0000, 0x1000_0000),
+        ecam: ECAM,
         bus_range: BusRange { first: 0, last: 1 },
         io: None,
-        mmio32: PhysRange::new(0x5000_0000, 0x1000_0000),
+        mmio32: PCIE_MMIO32,
         mmio64: None,
         iommu_map: &[IommuMapEntry::IDENTITY_16_BITS],
     },
-    rtc: Some(PhysRange::new(0x1c17_0000, 0x1000)),
+    rtc: Some(RTC),
     fw_cfg: None,
     psci: PsciConduit::Smc,
+    guest_devices: GUEST_DEVICES,
+    withheld_devices: WITHHELD_DEVICES,
 };
