@@ -5,8 +5,10 @@
 //! 2. Discover the platform from it, start the log on the hypervisor's UART, cross-check the
 //!    board data against the device tree and stop with a clear error when they disagree.
 //! 3. Replace `aarch64-rt`'s coarse initial map with the fine-grained EL2 map of [`layout`].
-//! 4. Probe the physical SMMU and log its decoded ID registers.
-//! 5. Run a self-test if the command line asks for one, then end through PSCI.
+//! 4. Judge every device of the tree against the board's allow-list (which devices the guest
+//!    gets), and name each device an operator attached outside the SMMU: it is refused.
+//! 5. Probe the physical SMMU and log its decoded ID registers.
+//! 6. Run a self-test if the command line asks for one, or boot the guest.
 
 use crate::arch::{
     log,
@@ -15,6 +17,7 @@ use crate::arch::{
     sysreg, vectors,
 };
 use crate::cmdline::CommandLine;
+use crate::integrity::Fingerprints;
 use crate::layout::{self, ImageLayout, PlatformWindows};
 use crate::page_pool::{PagePool, StaticFrames};
 use aarch64_paging::{Mapping, paging::El2};
@@ -150,6 +153,11 @@ pub fn primary_main(x0: u64) -> ! {
         exit(ExitStatus::Failure);
     };
     let guest_ram = guest_ram(first_bank);
+    // Before the EL2 map replaces the initial one (which maps every device in the first GiB):
+    // withheld devices are looked at once, to name what an operator attached to them.
+    if command_line.guest.is_some() {
+        plan_guest_devices(platform, tree);
+    }
     let windows = PlatformWindows {
         log_uart: platform.uart1,
         smmu: platform.smmu.registers,
@@ -162,7 +170,7 @@ pub fn primary_main(x0: u64) -> ! {
             .map(|ram| PhysRange::new(ram.base.get(), GUEST_BOOT_WINDOW_SIZE)),
     };
     let mut el2_map = install_el2_map(&windows);
-    BOOT_TREE.call_once(|| (tree, fingerprint(tree)));
+    BOOT_TREE.call_once(|| PhysRange::new(dtb_address, tree.len() as u64));
 
     let _features = probe_smmu(platform.smmu.registers);
     // From here on no stream bypasses: GBPA aborts and every STE is invalid until a stream is
@@ -189,6 +197,7 @@ pub fn primary_main(x0: u64) -> ! {
         command_line: &command_line,
         platform,
         discovered: &discovered,
+        devices: GUEST_DEVICES.get().unwrap_or(&EMPTY_PLAN),
         source_tree: tree,
         ram: guest_ram,
         hypervisor_carve_out: PhysRange::new(first_bank.base.get(), HYPERVISOR_CARVE_OUT),
@@ -196,23 +205,171 @@ pub fn primary_main(x0: u64) -> ! {
     })
 }
 
-/// A fingerprint of the boot device tree, which stays in the hypervisor's carve-out: if it
-/// changes, something wrote hypervisor memory (the DMA-isolation scenarios aim devices at it).
-static BOOT_TREE: spin::Once<(&'static [u8], u64)> = spin::Once::new();
+/// Where the boot device tree is: it stays in the hypervisor's carve-out, read-only.
+static BOOT_TREE: spin::Once<PhysRange> = spin::Once::new();
 
-/// FNV-1a over `bytes`.
-fn fingerprint(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
+/// The fingerprints of what must not change while the guest runs (see [`crate::integrity`]).
+static FINGERPRINTS: spin::Once<Fingerprints> = spin::Once::new();
+
+fn read_word(address: u64) -> u64 {
+    // SAFETY: only called on the regions `seal_memory` records, each mapped at EL2 for the
+    // whole run (image code and read-only data, the table pools in the image's bss, the boot
+    // device tree); an aligned 64-bit volatile load has no other effect.
+    unsafe { core::ptr::read_volatile(address as *const u64) }
 }
 
-/// Checks that the boot device tree is as it was at boot; `false` means hypervisor memory was
-/// written by someone who should not have.
-pub fn boot_tree_intact() -> bool {
-    BOOT_TREE
-        .get()
-        .is_none_or(|(tree, hash)| fingerprint(tree) == *hash)
+/// Fingerprints the hypervisor's code, read-only data, EL2 tables and boot device tree, and
+/// the guest's stage-2 tables given by the caller. Called once, right before the guest runs.
+pub fn seal_memory(guest_tables: &[(&'static str, PhysRange)]) {
+    let image = image_layout();
+    let mut prints = Fingerprints::new();
+    let own = [
+        ("text", image.text),
+        ("rodata", image.rodata),
+        ("EL2 page tables", EL2_TABLES.range()),
+    ];
+    let tree = BOOT_TREE.get().map(|&tree| ("boot device tree", tree));
+    for &(name, range) in own.iter().chain(tree.iter()).chain(guest_tables) {
+        if !prints.record(name, range, &read_word) {
+            defmt::error!("integrity: no room to fingerprint {=str}", name);
+        }
+    }
+    for (name, range) in prints.regions() {
+        defmt::debug!("integrity: fingerprinted {=str} {}", name, range);
+    }
+    FINGERPRINTS.call_once(|| prints);
+}
+
+/// Checks every fingerprinted region; logs each one that changed. `false` means hypervisor
+/// memory was written by someone who should not have.
+pub fn memory_intact() -> bool {
+    let Some(prints) = FINGERPRINTS.get() else {
+        return true;
+    };
+    let mut intact = true;
+    for (name, range) in prints.changed(&read_word) {
+        defmt::error!(
+            "hypervisor memory check: {=str} {} was modified",
+            name,
+            range
+        );
+        intact = false;
+    }
+    if intact {
+        let names = prints.regions().count();
+        defmt::info!(
+            "hypervisor memory check: {=usize} regions intact (code, read-only data, EL2 and stage-2 tables, boot device tree)",
+            names
+        );
+    }
+    intact
+}
+
+/// What the guest is given, judged once at boot.
+static GUEST_DEVICES: spin::Once<board::guest_devices::GuestDevicePlan> = spin::Once::new();
+static EMPTY_PLAN: board::guest_devices::GuestDevicePlan = board::guest_devices::GuestDevicePlan {
+    removed: heapless::Vec::new(),
+    granted: heapless::Vec::new(),
+};
+
+/// Judges the tree's devices against the allow-list, logs the outcome and keeps the plan.
+/// Runs under the initial map: a withheld virtio-mmio transport's device ID is read to name an
+/// attached device.
+fn plan_guest_devices(platform: &'static board::Platform, tree: &[u8]) {
+    use board::guest_devices::{Safety, Withheld, plan};
+    let plan = match plan(platform, tree) {
+        Ok(plan) => plan,
+        Err(error) => {
+            defmt::error!("guest devices: {}", error);
+            exit(ExitStatus::Failure);
+        }
+    };
+    for device in &plan.granted {
+        let how = match device.safety {
+            Safety::NoDma => "masters no memory",
+            Safety::ThroughSmmu => "masters memory only through the SMMU",
+            Safety::Trapped => "its memory-touching registers trap",
+        };
+        defmt::info!(
+            "guest gets {=str} at {} ({=str}: {=str})",
+            device.name,
+            device.range,
+            how,
+            device.why
+        );
+    }
+    // One line per kind of withheld node, in tree order.
+    let mut index = 0;
+    while let Some(node) = plan.removed.get(index) {
+        let same = plan.removed[index..]
+            .iter()
+            .take_while(|other| other.compatible == node.compatible && other.reason == node.reason)
+            .count();
+        match node.reason {
+            Withheld::Hypervisor => defmt::info!(
+                "guest does not get {=str} ({=str}): the hypervisor's own",
+                node.path.as_str(),
+                node.compatible.as_str()
+            ),
+            Withheld::Known(known) => defmt::info!(
+                "guest does not get {=usize} x {=str} (first {=str}): {=str}",
+                same,
+                node.compatible.as_str(),
+                node.path.as_str(),
+                known.why
+            ),
+            Withheld::NotAllowed => defmt::info!(
+                "guest does not get {=usize} x {=str} (first {=str}): not on the allow-list",
+                same,
+                node.compatible.as_str(),
+                node.path.as_str()
+            ),
+            Withheld::Unplaceable => defmt::info!(
+                "guest does not get {=str}: its registers are not in the CPU's address space",
+                node.path.as_str()
+            ),
+        }
+        index += same.max(1);
+    }
+    for node in &plan.removed {
+        let Withheld::Known(known) = node.reason else {
+            continue;
+        };
+        if !known.masters_memory {
+            continue;
+        }
+        if node.devices_inside > 0 {
+            defmt::warn!(
+                "refused: {=u16} device(s) attached to {=str} master memory around the SMMU; the guest does not get them",
+                node.devices_inside,
+                node.path.as_str()
+            );
+        }
+        if known.compatible == "virtio,mmio"
+            && let Some(device_id) = node.registers.and_then(virtio_device_id)
+        {
+            defmt::warn!(
+                "refused: a virtio device (ID {=u32}) attached to {=str} masters memory around the SMMU; the guest does not get it",
+                device_id,
+                node.path.as_str()
+            );
+        }
+    }
+    GUEST_DEVICES.call_once(|| plan);
+}
+
+/// The device ID of the virtio-mmio transport at `registers`, if a device is attached (0 means
+/// none). Only transports in the first GiB, which the initial map covers, are looked at.
+fn virtio_device_id(registers: PhysRange) -> Option<u32> {
+    const MAGIC: u32 = 0x7472_6976;
+    if registers.end() > 1 << 30 || registers.size < 0x100 || !registers.base.is_aligned(4) {
+        return None;
+    }
+    // SAFETY: the initial map covers the first GiB as device memory; the transport's magic
+    // and device-ID registers are read-only and reading them has no effect on the device.
+    let window = unsafe { DeviceWindow::new(registers.base.get() as usize, 0x100) };
+    let id = window.read32(0x8)?;
+    (window.read32(0)? == MAGIC && id != 0).then_some(id)
 }
 
 /// The hypervisor's carve-out at the start of RAM: the boot device tree, the image and its

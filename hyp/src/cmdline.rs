@@ -13,6 +13,7 @@
 //! | `hyp.initrd=START,END` | where the loader put the initramfs, `[START, END)` |
 //! | `hyp.smp=N` | how many vCPUs the guest may start (default: all CPUs) |
 //! | `hyp.selftest=NAME` | run one of the hypervisor's self-tests instead of a guest |
+//! | `hyp.pmu=el2-visible` | benchmark mode: the guest's PMU may count at EL2 (off by default) |
 //!
 //! Addresses are hexadecimal with or without `0x`.
 
@@ -43,6 +44,9 @@ pub struct CommandLine<'a> {
     pub smp: Option<u32>,
     /// A self-test to run.
     pub selftest: Option<&'a str>,
+    /// Benchmark mode: leave EL2 visible to the guest's PMU (`hyp.pmu=el2-visible`), so that
+    /// the guest can count the hypervisor's instructions. Otherwise EL2 is invisible to it.
+    pub pmu_counts_el2: bool,
     /// The guest's own command line (after `--`).
     pub guest_args: &'a str,
 }
@@ -59,6 +63,8 @@ pub enum CommandLineError {
     MissingAddress(&'static str),
     /// The initrd range is empty or backwards.
     BadInitrd,
+    /// `hyp.pmu` is neither `el2-visible` nor `el2-hidden`.
+    BadPmuMode,
 }
 
 fn hex(text: &str, option: &'static str) -> Result<u64, CommandLineError> {
@@ -106,6 +112,11 @@ impl<'a> CommandLine<'a> {
                     );
                 }
                 "hyp.selftest" => line.selftest = Some(value),
+                "hyp.pmu" => match value {
+                    "el2-visible" => line.pmu_counts_el2 = true,
+                    "el2-hidden" => line.pmu_counts_el2 = false,
+                    _ => return Err(CommandLineError::BadPmuMode),
+                },
                 _ => {}
             }
         }
@@ -180,6 +191,25 @@ mod tests {
         assert_eq!(
             CommandLine::parse("hyp.smp=two"),
             Err(CommandLineError::BadNumber("hyp.smp"))
+        );
+        assert_eq!(
+            CommandLine::parse("hyp.pmu=on"),
+            Err(CommandLineError::BadPmuMode)
+        );
+    }
+
+    #[test]
+    fn el2_is_hidden_from_the_guests_pmu_unless_benchmarking() {
+        assert!(!CommandLine::parse("").unwrap().pmu_counts_el2);
+        assert!(
+            CommandLine::parse("hyp.pmu=el2-visible")
+                .unwrap()
+                .pmu_counts_el2
+        );
+        assert!(
+            !CommandLine::parse("hyp.pmu=el2-hidden")
+                .unwrap()
+                .pmu_counts_el2
         );
     }
 

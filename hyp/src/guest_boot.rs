@@ -1,10 +1,13 @@
 //! Booting the guest: its device tree, its stage 2, then entry on the boot CPU.
 //!
 //! 1. The guest's device tree is derived from the platform's (`board::build_guest_tree`): RAM
-//!    limited to the guest's, the hypervisor's devices (its UART, the SMMU) removed with every
-//!    reference to them, `/chosen` set from the command line. It is written at the start of
-//!    guest RAM through the EL2 map's guest boot window, which is then unmapped.
-//! 2. The CPU's stage 2 is built (`crate::stage2`): guest RAM and the passed-through devices.
+//!    limited to the guest's, every device the allow-list withholds (the hypervisor's UART and
+//!    SMMU, and anything that masters memory around the SMMU) removed with every reference to
+//!    it, `/chosen` set from the command line. It is written at the start of guest RAM through
+//!    the EL2 map's guest boot window, which is then unmapped.
+//! 2. The CPU's stage 2 is built (`crate::stage2`): guest RAM and the granted devices, with
+//!    the redistributors' RD_base frames left unmapped and emulated
+//!    ([`crate::redistributor`]).
 //! 3. The boot CPU enters the guest at EL1: a Linux `Image` with x0 = the device tree, or a
 //!    bare-metal ELF with the same convention. Secondary vCPUs come later, by PSCI `CPU_ON`.
 
@@ -14,14 +17,16 @@ use crate::arch::{
 };
 use crate::boot::GUEST_BOOT_WINDOW_SIZE;
 use crate::cmdline::{CommandLine, GuestKind};
-use crate::mmio::MmioRegistry;
+use crate::mmio::{MmioAccess, MmioError, MmioHandler, MmioRegistry};
 use crate::page_pool::{PagePool, StaticFrames};
+use crate::redistributor::{self, Layout, RedistributorRegisters};
 use crate::stage2::{self, GuestPlatform};
 use aarch64_paging::{
     Mapping,
     descriptor::{El23Attributes, PhysicalAddress},
     paging::{Constraints, El2, MemoryRegion},
 };
+use board::guest_devices::{GuestDevicePlan, GuestMapping};
 use board::{GuestTreeEdits, IpaRange, build_guest_tree};
 use smmu::PhysRange;
 
@@ -46,6 +51,8 @@ pub struct GuestBoot<'a> {
     pub platform: &'static board::Platform,
     /// What the device tree says.
     pub discovered: &'a board::Discovered<'a>,
+    /// What the guest is given, and what it is not.
+    pub devices: &'a GuestDevicePlan,
     /// The platform's device tree, the source of the guest's.
     pub source_tree: &'a [u8],
     /// Guest RAM (IPA == PA).
@@ -64,28 +71,6 @@ unsafe extern "C" {
 fn fail(what: &str) -> ! {
     defmt::error!("guest boot: {=str}", what);
     exit(ExitStatus::Failure);
-}
-
-/// Device-tree paths of the nodes the guest must not see, per platform.
-fn hypervisor_nodes(platform: &board::Platform) -> &'static [&'static str] {
-    match platform.name {
-        // The ITS is withheld too: it is a DMA master outside the SMMU that reads and writes
-        // tables at addresses its programmer chooses, so a guest owning it could aim it at
-        // hypervisor memory. Until it is emulated, the guest's PCI devices use wired
-        // interrupts (INTx through the host bridge's interrupt-map), and the guest tree loses
-        // the msi-map that named it.
-        "qemu-virt" => &[
-            "/pl011@9040000",
-            "/smmuv3@9050000",
-            "/intc@8000000/its@8080000",
-        ],
-        // FVP's UART1 sits under the motherboard bus; its SMMU at the root.
-        "fvp-base" => &[
-            "/bus@8000000/motherboard-bus@8000000/iofpga-bus@300000000/uart@a0000",
-            "/iommu@2b400000",
-        ],
-        _ => &[],
-    }
 }
 
 /// Boots the guest on this (the boot) CPU. Never returns: the guest runs until it powers off.
@@ -126,30 +111,65 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
         ram.base.get()
     );
 
-    let high_devices: heapless::Vec<PhysRange, 2> = discovered
-        .pcie
-        .iter()
-        .flat_map(|pcie| [Some(pcie.ecam), pcie.mmio64])
-        .flatten()
-        .collect();
-    let hypervisor_windows = [
+    // The guest's devices: the allow-list's granted windows, the redistributors split into
+    // their SGI_base frames (mapped) and RD_base frames (trapped, see `crate::redistributor`).
+    let mut devices: heapless::Vec<PhysRange, { stage2::MAX_STAGE2_REGIONS }> =
+        heapless::Vec::new();
+    let mut registry = MmioRegistry::new();
+    for device in &boot.devices.granted {
+        match device.mapping {
+            GuestMapping::Passthrough => {
+                if devices.push(device.range).is_err() {
+                    fail("too many guest devices");
+                }
+            }
+            GuestMapping::RedistributorsWithLpisTrapped => {
+                let layout = redistributor_layout(device.range);
+                for frame in layout.sgi_frames() {
+                    if devices.push(frame).is_err() {
+                        fail("too many guest devices");
+                    }
+                }
+                let handler = GUEST_REDISTRIBUTORS.call_once(|| GuestRedistributors { layout });
+                if registry.register(device.range, handler).is_err() {
+                    fail("redistributor handler");
+                }
+                defmt::info!(
+                    "guest redistributors: {=usize} at {}, RD_base frames trapped (LPIs hidden), SGI_base frames mapped",
+                    layout.count,
+                    device.range
+                );
+            }
+        }
+    }
+    // Everything the guest must never reach, checked again against each window above: the
+    // hypervisor's carve-out, UART and SMMU, and every withheld device.
+    let mut hypervisor_windows: heapless::Vec<
+        PhysRange,
+        { board::guest_tree::MAX_REMOVED_NODES + 3 },
+    > = heapless::Vec::new();
+    let own = [
         hypervisor_carve_out,
         platform.uart1,
         platform.smmu.registers,
     ];
-    // The ITS (if any) is the hypervisor's to keep from the guest: see `hypervisor_nodes`.
-    let its = discovered.gic.as_ref().and_then(|gic| gic.its);
-    let hypervisor_windows: heapless::Vec<PhysRange, 4> =
-        hypervisor_windows.iter().copied().chain(its).collect();
-    let hypervisor_windows = &hypervisor_windows[..];
+    let withheld = boot
+        .devices
+        .removed
+        .iter()
+        .filter_map(|node| node.registers);
+    for window in own.into_iter().chain(withheld) {
+        if hypervisor_windows.push(window).is_err() {
+            fail("too many withheld windows");
+        }
+    }
     // No MSI doorbell for devices while the ITS is withheld; when it is emulated, its
     // GITS_TRANSLATER page (second 64 KiB frame) goes here, the only device page DMA may reach.
     let doorbells: [PhysRange; 0] = [];
     let guest_platform = GuestPlatform {
         ram,
-        device_space: PhysRange::new(0, ram.base.get().min(hypervisor_carve_out.base.get())),
-        high_devices: &high_devices,
-        hypervisor_windows,
+        devices: &devices,
+        hypervisor_windows: &hypervisor_windows,
         msi_doorbells: &doorbells,
     };
     let regions = match stage2::cpu_regions(&guest_platform) {
@@ -185,8 +205,24 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
     let vcpus = command_line
         .smp
         .map_or(discovered.cpu_count as usize, |n| n as usize);
-    guest::set_vm(map.root_address().0 as u64, ram, vcpus, MmioRegistry::new());
+    guest::set_vm(guest::VmConfig {
+        stage2_root: map.root_address().0 as u64,
+        ram,
+        max_vcpus: vcpus,
+        mmio: registry,
+        pmu_counts_el2: command_line.pmu_counts_el2,
+    });
+    if command_line.pmu_counts_el2 {
+        defmt::warn!(
+            "benchmark mode (hyp.pmu=el2-visible): the guest's PMU counts at EL2, so it can measure the hypervisor"
+        );
+    }
     guest::configure_cpu();
+    // Nothing the hypervisor set up for the guest changes from here on: fingerprint it.
+    crate::boot::seal_memory(&[
+        ("guest stage-2 tables (CPU)", GUEST_STAGE2_TABLES.range()),
+        ("guest stage-2 tables (SMMU)", SMMU_STAGE2_TABLES.range()),
+    ]);
     match kind {
         GuestKind::Linux { .. } => defmt::info!(
             "entering Linux at {=u64:#x}, {=usize} vCPUs allowed",
@@ -203,11 +239,61 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
     guest::enter_guest(entry, ram.base.get(), stack_top);
 }
 
+/// Reads GICR_TYPER of each redistributor in `region` to lay them out.
+fn redistributor_layout(region: PhysRange) -> Layout {
+    let hardware = GicrMmio;
+    match Layout::discover(region, |frame| hardware.read64(frame + 0x8)) {
+        Ok(layout) => layout,
+        Err(error) => {
+            defmt::error!("GIC redistributors at {}: {}", region, error);
+            fail("redistributors");
+        }
+    }
+}
+
+/// The redistributors' registers, reached by physical address through the EL2 map.
+struct GicrMmio;
+
+impl RedistributorRegisters for GicrMmio {
+    fn read32(&self, address: u64) -> u32 {
+        // SAFETY: `crate::redistributor` only passes addresses of RD_base registers of the
+        // redistributor region, which the EL2 map maps as device memory; reading them has no
+        // side effect beyond the GIC.
+        unsafe { core::ptr::read_volatile(address as *const u32) }
+    }
+    fn read64(&self, address: u64) -> u64 {
+        // SAFETY: as `read32`, for GICR_TYPER, a 64-bit register.
+        unsafe { core::ptr::read_volatile(address as *const u64) }
+    }
+    fn write32(&self, address: u64, value: u32) {
+        // SAFETY: as `read32`; `crate::redistributor` writes only GICR_CTLR (with EnableLPIs
+        // clear), GICR_STATUSR and GICR_WAKER.
+        unsafe { core::ptr::write_volatile(address as *mut u32, value) }
+    }
+}
+
+/// The guest's RD_base frames, answered by [`crate::redistributor`].
+struct GuestRedistributors {
+    layout: Layout,
+}
+
+static GUEST_REDISTRIBUTORS: spin::Once<GuestRedistributors> = spin::Once::new();
+
+impl MmioHandler for GuestRedistributors {
+    fn read(&self, offset: u64, access: &MmioAccess) -> Result<u64, MmioError> {
+        redistributor::read(&self.layout, &GicrMmio, offset, access.size())
+    }
+    fn write(&self, offset: u64, access: &MmioAccess, value: u64) -> Result<(), MmioError> {
+        redistributor::write(&self.layout, &GicrMmio, offset, access.size(), value)
+    }
+}
+
 /// Writes the guest's device tree at the start of guest RAM; returns its size.
 fn write_guest_tree(boot: &GuestBoot<'_>) -> usize {
     let ram = boot.ram;
     let memory = [IpaRange::new(ram.base.get(), ram.size)];
-    let mut edits = GuestTreeEdits::new(&memory).remove(hypervisor_nodes(boot.platform));
+    let removed = boot.devices.removed_paths();
+    let mut edits = GuestTreeEdits::new(&memory).remove(&removed);
     if !boot.command_line.guest_args.is_empty() {
         edits = edits.bootargs(boot.command_line.guest_args);
     }

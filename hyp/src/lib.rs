@@ -10,10 +10,12 @@
 
 pub mod cmdline;
 pub mod exception;
+pub mod integrity;
 pub mod layout;
 pub mod mmio;
 pub mod page_pool;
 pub mod psci;
+pub mod redistributor;
 pub mod stage2;
 pub mod stats;
 

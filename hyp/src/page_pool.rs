@@ -107,6 +107,13 @@ impl<const N: usize> StaticFrames<N> {
         }
     }
 
+    /// Where the frames are (identity-mapped, so also their physical address): for the
+    /// hypervisor's end-of-run check that its tables were not written behind its back.
+    #[must_use]
+    pub fn range(&'static self) -> smmu::PhysRange {
+        smmu::PhysRange::new(self.frames.get() as u64, (N * PageFrame::SIZE) as u64)
+    }
+
     /// The frames as a pool, the first time; `None` after that.
     pub fn take(&'static self) -> Option<PagePool> {
         if self.taken.swap(true, Ordering::AcqRel) {

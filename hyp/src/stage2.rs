@@ -3,18 +3,20 @@
 //!
 //! Guests run with IPA == PA (an identity stage 2): guest RAM is the platform's RAM minus the
 //! hypervisor's carve-out, and the guest's devices are passed through at their real addresses.
-//! The policy for devices is "the platform's device space minus what the hypervisor keeps":
-//! everything below RAM except the hypervisor's windows (its log UART, the SMMU), plus the
-//! PCIe ECAM and 64-bit window the device tree names. A guest access to a hole faults to EL2,
-//! where the MMIO handler registry (the vSMMU, later) or an injected external abort answers it.
+//! Devices come from an allow-list ([`board::guest_devices`]): only what the board data says
+//! cannot master memory around the SMMU (or whose memory-touching registers the hypervisor
+//! traps) is mapped, page by page, and nothing else. Everything unmapped (the hypervisor's own
+//! windows, withheld devices, holes) faults to EL2, where the MMIO handler registry (the GIC
+//! redistributors' RD_base frames, the vSMMU later) or an injected external abort answers it.
 //!
 //! Two stage-2 tables are built from this module, deliberately separate:
-//! - the **CPU's** (VTTBR_EL2): RAM and passed-through devices;
+//! - the **CPU's** (VTTBR_EL2): RAM and the granted devices;
 //! - the **SMMU's** (STE.S2TTB for the guest's streams): RAM, plus the one kind of device page
 //!   a device must write to, an MSI doorbell (the GIC ITS's GITS_TRANSLATER frame), when the
-//!   guest has one (not today: the ITS is withheld until it is emulated, see `guest_boot`). A device has no other business reaching MMIO through DMA, and
-//!   keeping the tables apart means a CPU-side change (such as trapping a page) never needs SMMU
-//!   invalidation, and DMA pinning (see `smmu`) concerns only the SMMU's table.
+//!   guest has one (not today: the ITS is withheld until it is emulated, see `guest_boot`). A
+//!   device has no other business reaching MMIO through DMA, and keeping the tables apart
+//!   means a CPU-side change (such as trapping a page) never needs SMMU invalidation, and DMA
+//!   pinning (see `smmu`) concerns only the SMMU's table.
 //!
 //! Geometry, shared by both: 4 KiB granule, 44-bit IPA (T0SZ = 20), walk from level 0. 44 bits
 //! is QEMU's SMMU OAS (stage-2 input size may not exceed it) and covers QEMU virt's high ECAM;
@@ -103,8 +105,9 @@ pub struct Stage2Region {
     pub kind: Stage2Kind,
 }
 
-/// The most regions a stage 2 holds.
-pub const MAX_STAGE2_REGIONS: usize = 16;
+/// The most regions a stage 2 holds: RAM, a dozen granted devices, and one SGI_base frame per
+/// CPU's redistributor.
+pub const MAX_STAGE2_REGIONS: usize = 32;
 /// A list of stage-2 regions.
 pub type Stage2Regions = heapless::Vec<Stage2Region, MAX_STAGE2_REGIONS>;
 
@@ -120,20 +123,23 @@ pub enum Stage2Error {
     TooManyRegions,
     /// Guest RAM overlaps something the hypervisor keeps.
     RamOverlapsHypervisor,
+    /// A device window overlaps something the hypervisor keeps, or guest RAM.
+    DeviceOverlapsHypervisor,
     /// The table builder refused a range.
     Map,
 }
 
-/// What the platform offers and what the hypervisor keeps.
+/// What the guest is given and what the hypervisor keeps.
 #[derive(Clone, Copy, Debug)]
 pub struct GuestPlatform<'a> {
     /// The guest's RAM.
     pub ram: PhysRange,
-    /// Device space below RAM, passed through except for `hypervisor_windows`.
-    pub device_space: PhysRange,
-    /// Further device windows above RAM (PCIe ECAM, 64-bit MMIO).
-    pub high_devices: &'a [PhysRange],
-    /// What the guest must never reach (the hypervisor's image and carve-out, its UART, the SMMU).
+    /// The device windows the guest is given, mapped whole (page-aligned): the allow-list's
+    /// granted entries, and each redistributor's SGI_base frame.
+    pub devices: &'a [PhysRange],
+    /// What the guest must never reach (the hypervisor's image and carve-out, its UART, the
+    /// SMMU, withheld devices): checked against every window above, as a second line behind the
+    /// allow-list.
     pub hypervisor_windows: &'a [PhysRange],
     /// MSI doorbells the guest's devices write to (the ITS's GITS_TRANSLATER page).
     pub msi_doorbells: &'a [PhysRange],
@@ -167,54 +173,18 @@ fn push(
         .map_err(|_| Stage2Error::TooManyRegions)
 }
 
-/// Pushes `span` minus every window in `holes` (windows widened to pages), as devices.
-fn push_with_holes(
-    regions: &mut Stage2Regions,
-    span: PhysRange,
-    holes: &[PhysRange],
-) -> Result<(), Stage2Error> {
-    let mut start = span.base.get();
-    let end = span.end();
-    // Walk the holes in address order; there are only a handful, so a selection loop is fine.
-    let mut cursor = start;
-    loop {
-        let next = holes
-            .iter()
-            .filter(|h| h.end() > cursor && h.base.get() < end)
-            .min_by_key(|h| h.base.get());
-        let Some(hole) = next else { break };
-        let hole_start = hole.base.get() & !(PAGE - 1);
-        let hole_end = hole.end().div_ceil(PAGE) * PAGE;
-        if hole_start > start {
-            push(
-                regions,
-                PhysRange::new(start, hole_start - start),
-                Stage2Kind::Device,
-            )?;
-        }
-        start = start.max(hole_end);
-        cursor = hole.end();
-    }
-    if end > start {
-        push(
-            regions,
-            PhysRange::new(start, end - start),
-            Stage2Kind::Device,
-        )?;
-    }
-    Ok(())
-}
-
-/// The CPU's stage 2 for a guest: RAM plus passed-through devices.
+/// The CPU's stage 2 for a guest: RAM plus the granted devices.
 pub fn cpu_regions(platform: &GuestPlatform<'_>) -> Result<Stage2Regions, Stage2Error> {
     let mut regions = ram_regions(platform)?;
-    push_with_holes(
-        &mut regions,
-        platform.device_space,
-        platform.hypervisor_windows,
-    )?;
-    for &window in platform.high_devices {
-        push_with_holes(&mut regions, window, platform.hypervisor_windows)?;
+    for &device in platform.devices {
+        let touches_hypervisor = platform
+            .hypervisor_windows
+            .iter()
+            .any(|w| w.overlaps(&device));
+        if touches_hypervisor || device.overlaps(&platform.ram) {
+            return Err(Stage2Error::DeviceOverlapsHypervisor);
+        }
+        push(&mut regions, device, Stage2Kind::Device)?;
     }
     Ok(regions)
 }
@@ -284,14 +254,26 @@ mod tests {
         PhysRange::new(0x0904_0000, 0x1000),     // log UART
         PhysRange::new(0x0905_0000, 0x2_0000),   // SMMU
     ];
-    const HIGH: [PhysRange; 1] = [PhysRange::new(0x40_1000_0000, 0x1000_0000)];
     const DOORBELL: [PhysRange; 1] = [PhysRange::new(0x0809_0000, 0x1000)];
+    /// QEMU virt's allow-list as `guest_boot` turns it into windows: the passed-through
+    /// entries, and the SGI_base frames of two CPUs' redistributors.
+    const DEVICES: [PhysRange; 10] = [
+        PhysRange::new(0x0900_0000, 0x1000),            // UART0
+        PhysRange::new(0x0901_0000, 0x1000),            // RTC
+        PhysRange::new(0x0903_0000, 0x1000),            // GPIO
+        PhysRange::new(0x0800_0000, 0x1_0000),          // GIC distributor
+        PhysRange::new(0x080b_0000, 0x1_0000),          // CPU 0's SGI_base
+        PhysRange::new(0x080d_0000, 0x1_0000),          // CPU 1's SGI_base
+        PhysRange::new(0x40_1000_0000, 0x1000_0000),    // PCIe ECAM
+        PhysRange::new(0x3eff_0000, 0x1_0000),          // PCIe I/O
+        PhysRange::new(0x1000_0000, 0x2eff_0000),       // PCIe 32-bit
+        PhysRange::new(0x80_0000_0000, 0x80_0000_0000), // PCIe 64-bit
+    ];
 
     fn qemu_virt() -> GuestPlatform<'static> {
         GuestPlatform {
             ram: PhysRange::new(0x4200_0000, 0x3e00_0000),
-            device_space: PhysRange::new(0, 0x4000_0000),
-            high_devices: &HIGH,
+            devices: &DEVICES,
             hypervisor_windows: &HYP,
             msi_doorbells: &DOORBELL,
         }
@@ -315,7 +297,7 @@ mod tests {
     }
 
     #[test]
-    fn the_guest_reaches_its_ram_and_devices_but_nothing_the_hypervisor_keeps() {
+    fn the_guest_reaches_its_ram_and_granted_devices_and_nothing_else() {
         let regions = cpu_regions(&qemu_virt()).unwrap();
         let map = build(pool(), &regions).unwrap();
         let ram = Stage2Kind::Ram.attributes();
@@ -324,25 +306,53 @@ mod tests {
             assert_eq!(lookup(&map, addr), Some(ram), "RAM {addr:#x}");
         }
         for addr in [
-            0x0800_0000,
-            0x0900_0000,
-            0x0903_f000,
-            0x0907_0000,
-            0x1000_0000,
-            0x40_1000_0000,
+            0x0800_0000,    // GIC distributor
+            0x080b_0000,    // an SGI_base frame
+            0x0900_0000,    // UART0
+            0x0901_0000,    // RTC
+            0x1000_0000,    // PCIe 32-bit window
+            0x40_1000_0000, // PCIe ECAM
         ] {
             assert_eq!(lookup(&map, addr), Some(device), "device {addr:#x}");
         }
         for addr in [
-            0x0904_0000,
-            0x0905_0000,
+            0x0,         // flash: the platform's firmware
+            0x0808_0000, // GIC ITS
+            0x080a_0000, // CPU 0's RD_base frame: trapped
+            0x080c_0000, // CPU 1's RD_base frame: trapped
+            0x0902_0000, // fw_cfg: DMA around the SMMU
+            0x0904_0000, // the hypervisor's UART
+            0x0905_0000, // the SMMU
             0x0906_f000,
-            0x4000_0000,
+            0x0a00_0000, // virtio-mmio transports
+            0x0a00_3e00,
+            0x0c00_0000, // the platform bus
+            0x4000_0000, // the hypervisor's carve-out
             0x4020_0000,
             0x41ff_f000,
-            0x8000_0000,
+            0x8000_0000, // past guest RAM
         ] {
             assert_eq!(lookup(&map, addr), None, "{addr:#x} must be unmapped");
+        }
+    }
+
+    #[test]
+    fn a_device_window_touching_the_hypervisor_or_guest_ram_is_refused() {
+        for bad in [
+            PhysRange::new(0x0905_0000, 0x1000), // the SMMU
+            PhysRange::new(0x4000_0000, 0x1000), // the carve-out
+            PhysRange::new(0x4300_0000, 0x1000), // guest RAM
+        ] {
+            let devices = [DEVICES[0], bad];
+            let platform = GuestPlatform {
+                devices: &devices,
+                ..qemu_virt()
+            };
+            assert_eq!(
+                cpu_regions(&platform),
+                Err(Stage2Error::DeviceOverlapsHypervisor),
+                "{bad:?}"
+            );
         }
     }
 
@@ -414,22 +424,12 @@ mod tests {
     }
 
     #[test]
-    fn holes_split_the_device_space_in_address_order() {
+    fn the_regions_are_ram_then_the_devices_in_the_order_given() {
         let regions = cpu_regions(&qemu_virt()).unwrap();
-        let devices: Vec<_> = regions
-            .iter()
-            .filter(|r| r.kind == Stage2Kind::Device)
-            .map(|r| r.range)
-            .collect();
-        assert_eq!(
-            devices,
-            vec![
-                PhysRange::new(0, 0x0904_0000),
-                PhysRange::new(0x0904_1000, 0xf000),
-                PhysRange::new(0x0907_0000, 0x4000_0000 - 0x0907_0000),
-                HIGH[0],
-            ]
-        );
+        let ranges: Vec<_> = regions.iter().map(|r| (r.range, r.kind)).collect();
+        let mut expected = vec![(PhysRange::new(0x4200_0000, 0x3e00_0000), Stage2Kind::Ram)];
+        expected.extend(DEVICES.iter().map(|&d| (d, Stage2Kind::Device)));
+        assert_eq!(ranges, expected);
     }
 
     #[test]

@@ -65,6 +65,53 @@ pub fn get(reason: ExitReason) -> u64 {
         .map_or(0, |c| c.load(Ordering::Relaxed))
 }
 
+/// Kinds of log line a guest can cause other than by an exit (those are [`ExitReason`]s): each
+/// is logged for its first [`LOGGED_PER_REASON`] occurrences and only counted after that.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+#[repr(usize)]
+pub enum GuestNoise {
+    /// A PSCI CPU_ON the hypervisor refused.
+    CpuOnRefused,
+    /// An SMMU event record (a device's fault).
+    SmmuEvent,
+    /// An event record the hypervisor could not decode.
+    SmmuUndecodableEvent,
+    /// Events lost to a full event queue.
+    SmmuEventsLost,
+    /// An SMMU global error (an event queue abort, say).
+    SmmuGlobalError,
+}
+
+impl GuestNoise {
+    /// Every kind, in report order.
+    pub const ALL: [GuestNoise; 5] = [
+        Self::CpuOnRefused,
+        Self::SmmuEvent,
+        Self::SmmuUndecodableEvent,
+        Self::SmmuEventsLost,
+        Self::SmmuGlobalError,
+    ];
+}
+
+static NOISE: [AtomicU64; GuestNoise::ALL.len()] =
+    [const { AtomicU64::new(0) }; GuestNoise::ALL.len()];
+
+/// Counts one occurrence of `kind`; returns whether it may still be logged.
+pub fn noise(kind: GuestNoise) -> bool {
+    NOISE
+        .get(kind as usize)
+        .is_some_and(|counter| counter.fetch_add(1, Ordering::Relaxed) < LOGGED_PER_REASON)
+}
+
+/// How many times `kind` happened.
+#[must_use]
+pub fn noise_count(kind: GuestNoise) -> u64 {
+    NOISE
+        .get(kind as usize)
+        .map_or(0, |c| c.load(Ordering::Relaxed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +130,13 @@ mod tests {
             };
             assert_eq!(get(*reason), expected, "{reason:?}");
         }
+    }
+
+    #[test]
+    fn noise_is_logged_for_the_first_occurrences_only_and_always_counted() {
+        let logged = (0..100).filter(|_| noise(GuestNoise::CpuOnRefused)).count();
+        assert_eq!(logged as u64, LOGGED_PER_REASON);
+        assert_eq!(noise_count(GuestNoise::CpuOnRefused), 100);
+        assert_eq!(noise_count(GuestNoise::SmmuGlobalError), 0);
     }
 }

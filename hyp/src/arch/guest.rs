@@ -12,9 +12,9 @@ use super::vectors::TrapFrame;
 use crate::exception::{DataAbort, ExceptionClass};
 use crate::mmio::{MmioAccess, MmioRegistry};
 use crate::psci::{self, GuestCall};
-use crate::stats::{self, ExitReason};
+use crate::stats::{self, ExitReason, GuestNoise};
 use core::arch::asm;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use smmu::PhysRange;
 
 /// HCR_EL2 for a running guest.
@@ -47,6 +47,7 @@ struct VmState {
     ram_start: AtomicU64,
     ram_end: AtomicU64,
     max_vcpus: AtomicUsize,
+    pmu_counts_el2: AtomicBool,
 }
 
 static VM: VmState = VmState {
@@ -55,6 +56,7 @@ static VM: VmState = VmState {
     ram_start: AtomicU64::new(0),
     ram_end: AtomicU64::new(0),
     max_vcpus: AtomicUsize::new(1),
+    pmu_counts_el2: AtomicBool::new(false),
 };
 
 static MMIO: spin::Once<MmioRegistry> = spin::Once::new();
@@ -62,17 +64,126 @@ static MMIO: spin::Once<MmioRegistry> = spin::Once::new();
 /// The VMID of the (single) guest.
 pub const GUEST_VMID: u16 = 1;
 
+/// What every CPU needs to run the VM.
+#[allow(
+    missing_debug_implementations,
+    reason = "holds the MMIO registry of trait objects"
+)]
+pub struct VmConfig {
+    /// The root of the CPU's stage-2 table.
+    pub stage2_root: u64,
+    /// Guest RAM.
+    pub ram: PhysRange,
+    /// The most vCPUs the guest may start.
+    pub max_vcpus: usize,
+    /// The emulated devices.
+    pub mmio: MmioRegistry,
+    /// Benchmark mode: the guest's PMU may count at EL2.
+    pub pmu_counts_el2: bool,
+}
+
 /// Records the VM every CPU will run and the emulated devices. Called once, before entry.
-pub fn set_vm(stage2_root: u64, ram: PhysRange, max_vcpus: usize, mmio: MmioRegistry) {
+pub fn set_vm(config: VmConfig) {
     let vtcr = vtcr_el2();
-    VM.vttbr
-        .store(stage2_root | u64::from(GUEST_VMID) << 48, Ordering::Relaxed);
+    VM.vttbr.store(
+        config.stage2_root | u64::from(GUEST_VMID) << 48,
+        Ordering::Relaxed,
+    );
     VM.vtcr.store(vtcr, Ordering::Relaxed);
-    VM.ram_start.store(ram.base.get(), Ordering::Relaxed);
-    VM.ram_end.store(ram.end(), Ordering::Relaxed);
+    VM.ram_start.store(config.ram.base.get(), Ordering::Relaxed);
+    VM.ram_end.store(config.ram.end(), Ordering::Relaxed);
     VM.max_vcpus
-        .store(max_vcpus.clamp(1, MAX_CPUS), Ordering::Relaxed);
-    MMIO.call_once(|| mmio);
+        .store(config.max_vcpus.clamp(1, MAX_CPUS), Ordering::Relaxed);
+    VM.pmu_counts_el2
+        .store(config.pmu_counts_el2, Ordering::Relaxed);
+    MMIO.call_once(|| config.mmio);
+}
+
+/// MDCR_EL2 for a running guest. The guest owns every PMU counter (HPMN = PMCR_EL0.N) and the
+/// debug features, but EL2 is invisible to the PMU unless benchmarking: HPMD (FEAT_PMUv3p1)
+/// stops the event counters at EL2, HCCD (FEAT_PMUv3p5) the cycle counter. Without them a
+/// guest counts the hypervisor's instructions or cycles with an EL2 filter.
+fn mdcr_el2(pmu_counts_el2: bool) -> u64 {
+    const HPMD: u64 = 1 << 17;
+    const HCCD: u64 = 1 << 23;
+    let (pmcr, dfr0): (u64, u64);
+    // SAFETY: reading PMCR_EL0 (at EL2) and an ID register has no side effects.
+    unsafe {
+        asm!("mrs {}, pmcr_el0", out(reg) pmcr, options(nomem, nostack, preserves_flags));
+        asm!("mrs {}, id_aa64dfr0_el1", out(reg) dfr0, options(nomem, nostack, preserves_flags));
+    }
+    let hpmn = (pmcr >> 11) & 0x1f;
+    let pmu_version = (dfr0 >> 8) & 0xf;
+    if pmu_counts_el2 || pmu_version == 0xf {
+        return hpmn;
+    }
+    let hpmd = if pmu_version >= 4 { HPMD } else { 0 };
+    let hccd = if pmu_version >= 6 { HCCD } else { 0 };
+    hpmn | hpmd | hccd
+}
+
+/// Sets the fine-grained trap registers (FEAT_FGT, FEAT_FGT2) to a known value where the CPU
+/// has them: their reset values are UNKNOWN on hardware. Zero traps nothing the positive bits
+/// name, and traps what the negative ("n") bits name: registers of features the hypervisor
+/// does not offer. Also keeps the statistical profiler and trace from sampling EL2.
+fn set_fine_grained_traps_and_el2_observability() {
+    let (mmfr0, pfr0, dfr0): (u64, u64, u64);
+    // SAFETY: reading ID registers has no side effects.
+    unsafe {
+        asm!("mrs {}, id_aa64mmfr0_el1", out(reg) mmfr0, options(nomem, nostack, preserves_flags));
+        asm!("mrs {}, id_aa64pfr0_el1", out(reg) pfr0, options(nomem, nostack, preserves_flags));
+        asm!("mrs {}, id_aa64dfr0_el1", out(reg) dfr0, options(nomem, nostack, preserves_flags));
+    }
+    let fgt = (mmfr0 >> 56) & 0xf;
+    let amu = (pfr0 >> 44) & 0xf != 0;
+    let spe = (dfr0 >> 32) & 0xf != 0;
+    let trace_filter = (dfr0 >> 40) & 0xf != 0;
+    // SAFETY: each register written exists (its feature is in the ID registers read above) and
+    // only controls traps of, or what is observable at, lower ELs; the guest is not running
+    // on this CPU yet.
+    unsafe {
+        if fgt >= 1 {
+            asm!(
+                "msr S3_4_C1_C1_4, xzr", // HFGRTR_EL2
+                "msr S3_4_C1_C1_5, xzr", // HFGWTR_EL2
+                "msr S3_4_C1_C1_6, xzr", // HFGITR_EL2
+                "msr S3_4_C3_C1_4, xzr", // HDFGRTR_EL2
+                "msr S3_4_C3_C1_5, xzr", // HDFGWTR_EL2
+                options(nomem, nostack, preserves_flags),
+            );
+            if amu {
+                asm!(
+                    "msr S3_4_C3_C1_6, xzr",
+                    options(nomem, nostack, preserves_flags)
+                ); // HAFGRTR_EL2
+            }
+        }
+        if fgt >= 2 {
+            asm!(
+                "msr S3_4_C3_C1_2, xzr", // HFGRTR2_EL2
+                "msr S3_4_C3_C1_3, xzr", // HFGWTR2_EL2
+                "msr S3_4_C3_C1_7, xzr", // HFGITR2_EL2
+                "msr S3_4_C3_C1_0, xzr", // HDFGRTR2_EL2
+                "msr S3_4_C3_C1_1, xzr", // HDFGWTR2_EL2
+                options(nomem, nostack, preserves_flags),
+            );
+        }
+        if spe {
+            // PMSCR_EL2: no statistical profiling at EL2.
+            asm!(
+                "msr S3_4_C9_C9_0, xzr",
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+        if trace_filter {
+            // TRFCR_EL2: no trace at EL2.
+            asm!(
+                "msr S3_4_C1_C2_1, xzr",
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+        asm!("isb", options(nomem, nostack, preserves_flags));
+    }
 }
 
 /// VTCR_EL2: 4 KiB granule, 44-bit IPA walked from level 0, inner-shareable write-back walks,
@@ -103,6 +214,8 @@ fn vtcr_el2() -> u64 {
 pub fn configure_cpu() {
     let vttbr = VM.vttbr.load(Ordering::Relaxed);
     let vtcr = VM.vtcr.load(Ordering::Relaxed);
+    let mdcr = mdcr_el2(VM.pmu_counts_el2.load(Ordering::Relaxed));
+    set_fine_grained_traps_and_el2_observability();
     // SAFETY: these registers configure how EL1/EL0 run and are translated; the guest is not
     // running on this CPU yet, and the stage-2 table named by VTTBR is complete and lives for
     // the rest of the run. The TLB invalidation drops anything cached for this VMID.
@@ -131,10 +244,8 @@ pub fn configure_cpu() {
             "mov {tmp}, #0x32ff",
             "msr cptr_el2, {tmp}",
             "isb",
-            // Performance monitors and debug stay the guest's; HPMN = all counters.
-            "mrs {tmp}, pmcr_el0",
-            "ubfx {tmp}, {tmp}, #11, #5",
-            "msr mdcr_el2, {tmp}",
+            // Performance monitors and debug stay the guest's, EL2 hidden from the PMU.
+            "msr mdcr_el2, {mdcr}",
             "msr sctlr_el1, {sctlr}",
             "msr hcr_el2, {hcr}",
             "isb",
@@ -142,6 +253,7 @@ pub fn configure_cpu() {
             vttbr = in(reg) vttbr,
             sctlr = in(reg) SCTLR_EL1_RESET,
             hcr = in(reg) HCR_EL2_GUEST,
+            mdcr = in(reg) mdcr,
             tmp = out(reg) _,
             options(nostack, preserves_flags),
         );
@@ -371,11 +483,9 @@ fn handle_call(frame: &mut TrapFrame) {
             super::smmu::drain_events(64);
             super::smmu::report_events();
             report_statistics();
-            if !crate::boot::boot_tree_intact() {
-                defmt::error!("hypervisor memory check: the boot device tree was modified");
+            if !crate::boot::memory_intact() {
                 exit(ExitStatus::Failure);
             }
-            defmt::info!("hypervisor memory check: boot device tree intact");
             exit(ExitStatus::Success);
         }
         GuestCall::NotSupported => {
@@ -388,10 +498,21 @@ fn handle_call(frame: &mut TrapFrame) {
     frame.registers[0] = result;
 }
 
-/// Prints the exit counters.
+/// Prints the exit counters, and how often each kind of guest-caused log line happened.
 pub fn report_statistics() {
     for reason in ExitReason::ALL {
         defmt::info!("exits: {} {=u64}", reason, stats::get(reason));
+    }
+    for kind in GuestNoise::ALL {
+        let count = stats::noise_count(kind);
+        if count > stats::LOGGED_PER_REASON {
+            defmt::info!(
+                "guest-caused {}: {=u64}, the first {=u64} logged",
+                kind,
+                count,
+                stats::LOGGED_PER_REASON
+            );
+        }
     }
 }
 
@@ -466,11 +587,13 @@ fn start_vcpu(target: u64, entry: u64, context: u64) -> u64 {
     let ram_start = VM.ram_start.load(Ordering::Relaxed);
     let ram_end = VM.ram_end.load(Ordering::Relaxed);
     if !(ram_start..ram_end).contains(&entry) || entry % 4 != 0 {
-        defmt::warn!(
-            "guest CPU_ON {=u64:#x}: entry {=u64:#x} outside guest RAM",
-            target,
-            entry
-        );
+        if stats::noise(GuestNoise::CpuOnRefused) {
+            defmt::warn!(
+                "guest CPU_ON {=u64:#x}: entry {=u64:#x} outside guest RAM",
+                target,
+                entry
+            );
+        }
         return psci::INVALID_PARAMETERS;
     }
     let slot = match claim_slot(target & 0xff_00ff_ffff) {
@@ -481,7 +604,9 @@ fn start_vcpu(target: u64, entry: u64, context: u64) -> u64 {
     if slot >= VM.max_vcpus.load(Ordering::Relaxed) {
         // Never started: nothing runs on this slot's stack, so it can be given back.
         SLOT_OWNERS[slot].store(0, Ordering::Release);
-        defmt::warn!("guest CPU_ON {=u64:#x}: beyond the vCPU limit", target);
+        if stats::noise(GuestNoise::CpuOnRefused) {
+            defmt::warn!("guest CPU_ON {=u64:#x}: beyond the vCPU limit", target);
+        }
         return psci::INVALID_PARAMETERS;
     }
     // SAFETY: the slot was free and is now claimed for `target` alone, and no CPU has ever run
@@ -498,6 +623,7 @@ fn start_vcpu(target: u64, entry: u64, context: u64) -> u64 {
     };
     match result {
         Ok(()) => {
+            // At most MAX_CPUS lines: a started slot is never given back.
             defmt::info!("vCPU {=u64:#x} starting at {=u64:#x}", target, entry);
             0
         }

@@ -6,6 +6,7 @@
 //! mapped, so a pointer is the physical address) and [`HypPlatform`] (barriers, pause).
 
 use super::mmio::DeviceWindow;
+use crate::stats::{self, GuestNoise};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use smmu::driver::{DmaMemory, Driver, DriverConfig, DriverMemory, EventIntake, Platform};
@@ -238,9 +239,6 @@ pub fn confine_streams(
 /// Events seen, and stage-2 faults among them (a device reaching outside its guest's RAM).
 static EVENTS_SEEN: AtomicU64 = AtomicU64::new(0);
 static STAGE2_FAULTS: AtomicU64 = AtomicU64::new(0);
-/// Events logged in full; later ones are only counted (a failed DMA reports once per 4 bytes,
-/// so one bad transfer can fill the queue).
-const EVENTS_LOGGED: u64 = 8;
 
 /// Takes, with a budget, what the SMMU reported since the last call. Stage-2 faults are the
 /// hypervisor's own business (a device tried to reach memory outside its guest); until the
@@ -249,13 +247,15 @@ pub fn drain_events(budget: u32) {
     let mut guard = SMMU.lock();
     let Some(driver) = guard.as_mut() else { return };
     let _ = driver.drain_events(budget, |intake| {
-        let seen = EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
+        EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
+        // A guest makes its devices fault at will (a failed DMA reports once per 4 bytes):
+        // every line below is rate-limited, everything is counted.
         match intake {
             EventIntake::Event(event) => {
                 if event.s2 {
                     STAGE2_FAULTS.fetch_add(1, Ordering::Relaxed);
                 }
-                if seen < EVENTS_LOGGED {
+                if stats::noise(GuestNoise::SmmuEvent) {
                     defmt::warn!(
                         "SMMU event {} stream {=u32:#x} {=str}{=str} at {=u64:#x}",
                         event.id,
@@ -267,18 +267,26 @@ pub fn drain_events(budget: u32) {
                 }
             }
             EventIntake::Undecodable { record, error } => {
-                defmt::warn!(
-                    "SMMU event undecodable ({}): {=[?]:#x}",
-                    error,
-                    record.words()
-                )
+                if stats::noise(GuestNoise::SmmuUndecodableEvent) {
+                    defmt::warn!(
+                        "SMMU event undecodable ({}): {=[?]:#x}",
+                        error,
+                        record.words()
+                    )
+                }
             }
             EventIntake::Overflowed => {
-                defmt::warn!("SMMU event queue overflowed: events were lost")
+                if stats::noise(GuestNoise::SmmuEventsLost) {
+                    defmt::warn!("SMMU event queue overflowed: events were lost")
+                }
             }
         }
     });
-    let _ = driver.handle_global_errors(|error| defmt::error!("SMMU global error: {}", error));
+    let _ = driver.handle_global_errors(|error| {
+        if stats::noise(GuestNoise::SmmuGlobalError) {
+            defmt::error!("SMMU global error: {}", error)
+        }
+    });
 }
 
 /// Logs the event counts.

@@ -1,5 +1,7 @@
 //! The guest proper (aarch64 only).
 
+mod containment;
+
 use aarch64_paging::descriptor::El1Attributes;
 use aarch64_rt::{
     ExceptionHandlers, InitialPagetable, RegisterStateRef, entry, exception_handlers,
@@ -57,6 +59,9 @@ impl ExceptionHandlers for Handlers {
         }
         LAST_ESR.store(esr, Ordering::SeqCst);
         LAST_FAR.store(far, Ordering::SeqCst);
+        if esr >> 26 == 0x25 {
+            containment::note_abort();
+        }
         // Every check that faults does so on purpose, with a 4-byte instruction: step over it.
         // SAFETY: skipping one instruction of a check that expects to be skipped.
         unsafe { state.get_mut().elr += 4 };
@@ -449,18 +454,38 @@ fn main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         let size = u32::from_be(core::ptr::read_volatile((x0 + 4) as *const u32)).min(2 << 20);
         core::slice::from_raw_parts(x0 as *const u8, size as usize)
     };
-    let (ram, bench) = match board::discover(tree) {
+    let (ram, mode) = match board::discover(tree) {
         Ok(found) => (
             found.memory.first().copied(),
             found
                 .bootargs
-                .is_some_and(|a| a.split(' ').any(|w| w == "bench")),
+                .and_then(|a| a.split(' ').find(|w| !w.is_empty())),
         ),
-        Err(_) => (None, false),
+        Err(_) => (None, None),
     };
-    if bench {
-        run_bench(&mut out);
-        let _ = smccc::psci::system_off::<Smc>();
+    match mode {
+        Some("bench") => {
+            run_bench(&mut out);
+            power_off();
+        }
+        Some("pmu") => {
+            match containment::pmu_blind_to_el2() {
+                Ok(()) => {
+                    let _ = writeln!(out, "GUEST: PASS pmu-blind-to-el2");
+                    let _ = writeln!(out, "GUEST VERDICT: PASS 1 checks");
+                }
+                Err(why) => {
+                    let _ = writeln!(out, "GUEST: FAIL pmu-blind-to-el2: {why}");
+                    let _ = writeln!(out, "GUEST VERDICT: FAIL 1 of 1 checks failed");
+                }
+            }
+            power_off();
+        }
+        Some("flood") => {
+            flood(&mut out);
+            power_off();
+        }
+        _ => {}
     }
 
     let mut passed = 0u32;
@@ -532,6 +557,16 @@ fn main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
             check_edu_cannot_write_hypervisor_memory(),
         );
     }
+    // DMA around the SMMU, and CPU state shared with EL2.
+    report("fw-cfg-dma-refused", containment::fw_cfg_dma());
+    report("virtio-mmio-dma-refused", containment::virtio_mmio_dma());
+    report("lpi-tables-confined", containment::lpi_tables());
+    if edu {
+        report(
+            "fp-simd-preserved-across-traps",
+            containment::fp_simd_across_traps(|| edu_dma(EDU_BUFFER, 0x4000_0000, 8, true)),
+        );
+    }
     if !edu {
         let _ = writeln!(out, "GUEST: SKIP edu-*: no edu device at 00:01.0");
     }
@@ -545,10 +580,63 @@ fn main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
             passed + failed
         );
     }
+    power_off();
+}
+
+fn power_off() -> ! {
     let _ = smccc::psci::system_off::<Smc>();
     loop {
         core::hint::spin_loop();
     }
+}
+
+/// `flood` mode: every kind of guest-caused event the hypervisor might log, many times over.
+/// The hypervisor's log must stay short (the scenario counts its lines), and the calls must
+/// still be answered.
+fn flood(out: &mut Console) {
+    const N: usize = 1000;
+    let mut refused = 0;
+    for _ in 0..64 {
+        let result = smccc::smc64(0xc400_0003, {
+            let mut args = [0u64; 17];
+            args[0] = 1;
+            args[1] = 0x4020_0000;
+            args
+        });
+        refused += usize::from(result[0] == (-2i64) as u64);
+    }
+    let mut aborts = 0;
+    for _ in 0..N {
+        aborts += usize::from(expect_external_abort(|| read_u64(0x4020_0000)).is_ok());
+        aborts += usize::from(expect_external_abort(|| load_pair(0x4020_0000)).is_ok());
+    }
+    let mut unsupported = 0;
+    let mut undefined = 0;
+    for _ in 0..N {
+        unsupported += usize::from(hvc(0xc600_1234) == u64::MAX);
+        undefined += usize::from(check_undefined_trap().is_ok());
+    }
+    // Blocked DMA, far more than the SMMU's event queue holds: 4096 stage-2 fault records.
+    let mut dma = 0;
+    if edu_present() {
+        for _ in 0..4 {
+            dma += usize::from(edu_dma(EDU_BUFFER, 0x4000_0000, 4096, true).is_ok());
+        }
+    }
+    let _ = writeln!(
+        out,
+        "GUEST: flood: {refused} CPU_ON refused, {aborts} aborts, {unsupported} unsupported calls, {undefined} undefined, {dma} blocked DMAs"
+    );
+    let ok = refused == 64 && aborts == 2 * N && unsupported == N && undefined == N && dma == 4;
+    let _ = writeln!(
+        out,
+        "GUEST VERDICT: {}",
+        if ok {
+            "PASS flood answered"
+        } else {
+            "FAIL flood not answered as expected"
+        }
+    );
 }
 
 #[panic_handler]

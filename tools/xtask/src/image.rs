@@ -1,18 +1,30 @@
-//! Building the hypervisor image for `aarch64-unknown-none`: the ELF (for QEMU and the log
-//! decoder) and a raw binary (for loaders that want one, such as TF-A's BL33 on FVP).
+//! Building the hypervisor image for `aarch64-unknown-none-softfloat`: the ELF (for QEMU and
+//! the log decoder) and a raw binary (for loaders that want one, such as TF-A's BL33 on FVP);
+//! and the bare-metal test guest for `aarch64-unknown-none`.
+//!
+//! The hypervisor is built for the soft-float target so that the compiler never touches the
+//! FP/SIMD registers at EL2: they belong to the guest, and EL2 saves none of them. After each
+//! build, [`crate::el2_code`] checks the image's code for any FP/SIMD instruction anyway.
 
 use crate::setup::{self, CrossToolchain, Tools};
 use crate::{Result, workspace_root};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-/// The bare-metal target.
-pub(crate) const TARGET: &str = "aarch64-unknown-none";
+/// The hypervisor's target: no FP/SIMD register is ever used.
+pub(crate) const HYPERVISOR_TARGET: &str = "aarch64-unknown-none-softfloat";
+/// The test guest's target (a guest may use FP/SIMD as it likes).
+pub(crate) const GUEST_TARGET: &str = "aarch64-unknown-none";
+/// The targets a cross toolchain must have.
+pub(crate) const TARGETS: [&str; 2] = [HYPERVISOR_TARGET, GUEST_TARGET];
 
-/// Cargo's setting for the target's linker.
-const LINKER_VARIABLE: &str = "CARGO_TARGET_AARCH64_UNKNOWN_NONE_LINKER";
-/// Cargo's setting for the target's compiler flags.
-const RUSTFLAGS_VARIABLE: &str = "CARGO_TARGET_AARCH64_UNKNOWN_NONE_RUSTFLAGS";
+/// Cargo's setting for a target's linker or compiler flags, as an environment variable.
+fn target_variable(target: &str, setting: &str) -> String {
+    format!(
+        "CARGO_TARGET_{}_{setting}",
+        target.to_uppercase().replace('-', "_")
+    )
+}
 
 /// Whether cross builds fail on warnings: under CI (`CI` set, as CI systems do), or when
 /// `XTASK_DENY_WARNINGS=1` asks for it locally.
@@ -73,14 +85,18 @@ pub(crate) fn build_command(args: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Builds the hypervisor with the cross toolchain found by setup.
+/// Builds the hypervisor with the cross toolchain found by setup, and checks that its code
+/// uses no FP/SIMD register.
 pub(crate) fn build(tools: &Tools, options: &BuildOptions) -> Result<Image> {
-    build_binary(tools, "hyp", options)
+    let image = build_binary(tools, "hyp", HYPERVISOR_TARGET, options)?;
+    crate::el2_code::check_no_fp_simd(&std::fs::read(&image.elf)?)
+        .map_err(|e| format!("{}: {e}", image.elf.display()))?;
+    Ok(image)
 }
 
 /// Builds the bare-metal test guest.
 pub(crate) fn build_test_guest(tools: &Tools) -> Result<Image> {
-    build_binary(tools, "test-guest", &BuildOptions::default())
+    build_binary(tools, "test-guest", GUEST_TARGET, &BuildOptions::default())
 }
 
 /// The entry point of an ELF image.
@@ -93,13 +109,18 @@ pub(crate) fn elf_entry(elf: &std::path::Path) -> Result<u64> {
 /// Builds `package`'s binary of the same name for the bare-metal target. Each package is built
 /// in its own cargo invocation: the hypervisor and the guest enable different, exclusive
 /// `aarch64-rt` features (`el2`, `el1`), which one invocation would unify.
-fn build_binary(tools: &Tools, package: &str, options: &BuildOptions) -> Result<Image> {
+fn build_binary(
+    tools: &Tools,
+    package: &str,
+    target: &str,
+    options: &BuildOptions,
+) -> Result<Image> {
     let root = workspace_root();
     let mut command = match &tools.cross {
         CrossToolchain::RustupTarget { .. } => {
             let mut command =
                 Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            command.args(["build", "--target", TARGET]);
+            command.args(["build", "--target", target]);
             command
         }
         CrossToolchain::DebianBuildStd { cargo, rustc, .. } => {
@@ -107,7 +128,7 @@ fn build_binary(tools: &Tools, package: &str, options: &BuildOptions) -> Result<
             command.args([
                 "build",
                 "--target",
-                TARGET,
+                target,
                 "-Zbuild-std=core,alloc,compiler_builtins",
                 "-Zbuild-std-features=compiler-builtins-mem",
             ]);
@@ -128,11 +149,14 @@ fn build_binary(tools: &Tools, package: &str, options: &BuildOptions) -> Result<
         .args(["--release", "--package", package, "--bin", package]);
     // The linker setup found and probed, by its full path: never whatever `rust-lld` happens to
     // be on PATH (a fresh machine has none).
-    command.env(LINKER_VARIABLE, &tools.cross.linker().path);
+    command.env(
+        target_variable(target, "LINKER"),
+        &tools.cross.linker().path,
+    );
     // CI holds code built only for the target to the same bar as host code: no warnings.
     // (Cargo caps lints of the `-Zbuild-std` crates, so this reaches only the project's code.)
     if deny_warnings() {
-        command.env(RUSTFLAGS_VARIABLE, "-Dwarnings");
+        command.env(target_variable(target, "RUSTFLAGS"), "-Dwarnings");
     }
     command.env("DEFMT_LOG", &options.log_level);
     match options.image_base {
@@ -145,7 +169,7 @@ fn build_binary(tools: &Tools, package: &str, options: &BuildOptions) -> Result<
     }
     let elf = root
         .join("target")
-        .join(TARGET)
+        .join(target)
         .join("release")
         .join(package);
     let bin = elf.with_extension("bin");

@@ -7,6 +7,7 @@
 //! - `test`: host tests of every crate, then the QEMU scenarios, with a closing summary line.
 
 mod bench;
+mod el2_code;
 mod image;
 mod linux;
 mod log_decoder;
@@ -31,6 +32,8 @@ commands:
       --kernel IMAGE --initrd FILE [--append ARGS]   a Linux guest of your own
       --guest ELF                  a bare-metal guest (entered at its ELF entry point)
       --test-guest                 the project's bare-metal test guest
+      --append ARGS                the guest's command line (the test guest's mode: pmu,
+                                   flood, bench; nothing for its containment checks)
       --no-guest                   the hypervisor alone
       --smp N                      CPUs, and so at most vCPUs (default 2)
       --mem SIZE                   machine RAM, as QEMU's -m (default 1G)

@@ -200,18 +200,18 @@ pub(crate) fn run_command(args: &[String]) -> Result<ExitCode> {
         guest_choice = GuestChoice::Linux {
             kernel,
             initrd,
-            append,
+            append: append.take(),
         };
     }
     options.guest = match guest_choice {
         GuestChoice::None => Guest::None,
         GuestChoice::Elf(elf) => Guest::BareMetal {
             elf,
-            args: String::new(),
+            args: append.unwrap_or_default(),
         },
         GuestChoice::TestGuest => Guest::BareMetal {
             elf: image::build_test_guest(&tools)?.elf,
-            args: String::new(),
+            args: append.unwrap_or_default(),
         },
         GuestChoice::Linux {
             kernel,

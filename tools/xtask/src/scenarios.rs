@@ -33,7 +33,42 @@ pub(crate) struct Scenario {
     pub(crate) expect_log: &'static [&'static str],
     /// Seconds before the run is stopped and failed.
     pub(crate) timeout_secs: u64,
+    /// The test guest's command line (its mode; empty for its containment checks).
+    pub(crate) guest_args: &'static str,
+    /// Text that must not appear in any line of the hypervisor's log.
+    pub(crate) forbid_log: &'static [&'static str],
+    /// The most times one kind of log line (its numbers ignored) may appear: a bound on what a
+    /// guest can make the hypervisor log.
+    pub(crate) max_repeats: Option<usize>,
 }
+
+/// What a scenario does not say otherwise.
+const DEFAULTS: Scenario = Scenario {
+    guest: ScenarioGuest::None,
+    expect_console: &[],
+    name: "",
+    description: "",
+    hyp_args: None,
+    qemu_args: &[],
+    expect_status: 0,
+    expect_log: &[],
+    timeout_secs: 60,
+    guest_args: "",
+    forbid_log: &["panic"],
+    max_repeats: None,
+};
+
+/// QEMU arguments for the test guest's containment checks: the `edu` DMA device behind the
+/// SMMU, and a virtio device attached to a virtio-mmio transport (modern, version 2), which
+/// masters memory around the SMMU and must be refused.
+const CONTAINMENT_DEVICES: &[&str] = &[
+    "-device",
+    "edu,addr=1,dma_mask=0xffffffffffffffff",
+    "-device",
+    "virtio-rng-device",
+    "-global",
+    "virtio-mmio.force-legacy=false",
+];
 
 /// Every scenario, in the order they run.
 pub(crate) const SCENARIOS: &[Scenario] = &[
@@ -58,6 +93,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "hypervisor exit: status 0",
         ],
         timeout_secs: 60,
+        ..DEFAULTS
     },
     Scenario {
         guest: ScenarioGuest::None,
@@ -75,6 +111,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "hypervisor exit: status 2",
         ],
         timeout_secs: 60,
+        ..DEFAULTS
     },
     Scenario {
         guest: ScenarioGuest::None,
@@ -90,16 +127,20 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "hypervisor exit: status 1",
         ],
         timeout_secs: 60,
+        ..DEFAULTS
     },
     Scenario {
         name: "test-guest-is-contained",
         description: "the bare-metal test guest boots at EL1 under stage 2 with 2 vCPUs: its RAM works; \
                       the hypervisor's memory, UART and SMMU, and an ISV=0 access, give it external \
                       aborts; an unknown hypercall returns NOT_SUPPORTED; an IMPDEF register is \
-                      UNDEFINED; PSCI is proxied; each event is counted and the guest powers off",
+                      UNDEFINED; PSCI is proxied; every DMA path around the SMMU is closed (fw_cfg \
+                      DMA, a virtio-mmio device the operator attached, the GIC's LPI tables); its \
+                      FP/SIMD registers survive traps taken with SMMU events pending; the hypervisor \
+                      finds its code, tables and boot device tree unchanged at the end",
         guest: ScenarioGuest::TestGuest,
         hyp_args: None,
-        qemu_args: &["-device", "edu,addr=1,dma_mask=0xffffffffffffffff"],
+        qemu_args: CONTAINMENT_DEVICES,
         expect_status: 0,
         expect_console: &[
             "GUEST: PASS device-tree-ram",
@@ -119,24 +160,74 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "GUEST: PASS edu-dma-into-guest-ram",
             "GUEST: PASS edu-cannot-read-hypervisor-memory",
             "GUEST: PASS edu-dma-at-hypervisor-memory-completes",
-            "GUEST VERDICT: PASS",
+            "GUEST: PASS fw-cfg-dma-refused",
+            "GUEST: PASS virtio-mmio-dma-refused",
+            "GUEST: PASS lpi-tables-confined",
+            "GUEST: PASS fp-simd-preserved-across-traps",
+            "GUEST VERDICT: PASS 21 checks",
         ],
         expect_log: &[
+            "guest gets UART0 (PL011)",
+            "guest does not get 1 x qemu,fw-cfg-mmio",
+            "guest does not get 32 x virtio,mmio",
+            "refused: a virtio device (ID 4) attached to /virtio_mmio@a003e00 masters memory around the SMMU",
             "SMMU enabled: GBPA abort",
             "guest device tree:",
+            "guest redistributors: 2",
             "guest streams 0x0 to 0xffff translate through stage 2 (guest RAM only",
             "entering the bare-metal guest",
             "vCPU 0x1 starting",
             "SMMU event FTranslation stream 0x8 read (stage 2) at 0x40000000",
             "guest asked for system off",
             "stage-2 faults",
-            "exits: ExternalAbortInjected 6",
+            // 6 named checks, 2 fw_cfg registers, 32 virtio-mmio probes and 16 register writes.
+            "exits: MmioHandled 11",
+            "exits: ExternalAbortInjected 56",
             "exits: UndefinedInjected 1",
-            "exits: UnsupportedCall 1",
-            "hypervisor memory check: boot device tree intact",
+            "exits: UnsupportedCall 2",
+            "hypervisor memory check: 6 regions intact",
             "hypervisor exit: status 0",
         ],
         timeout_secs: 60,
+        ..DEFAULTS
+    },
+    Scenario {
+        name: "guest-pmu-blind-to-el2",
+        description: "the test guest programs its PMU (instructions and cycles) to count at EL2 only and \
+                      traps 100 times under -icount: both counters stay at 0, while the same counter \
+                      filtered to EL1 counts (so the PMU works and the check can fail)",
+        guest: ScenarioGuest::TestGuest,
+        guest_args: "pmu",
+        qemu_args: &["-icount", "shift=0"],
+        expect_console: &[
+            "GUEST: PASS pmu-blind-to-el2",
+            "GUEST VERDICT: PASS 1 checks",
+        ],
+        expect_log: &["exits: Hvc 100", "hypervisor exit: status 0"],
+        forbid_log: &["panic", "benchmark mode"],
+        ..DEFAULTS
+    },
+    Scenario {
+        name: "guest-log-flood",
+        description: "the test guest repeats everything that makes the hypervisor log (64 refused CPU_ONs, \
+                      2000 aborts, 1000 unknown calls, 1000 UNDEFINED traps, 4096 SMMU fault records): \
+                      every call is answered, and no kind of line appears more than 17 times",
+        guest: ScenarioGuest::TestGuest,
+        guest_args: "flood",
+        qemu_args: &["-device", "edu,addr=1,dma_mask=0xffffffffffffffff"],
+        expect_console: &["GUEST VERDICT: PASS flood answered"],
+        expect_log: &[
+            "exits: Smc 65",
+            "exits: ExternalAbortInjected 2000",
+            "exits: UndefinedInjected 1000",
+            "exits: UnsupportedCall 1000",
+            "guest-caused CpuOnRefused: 64, the first 16 logged",
+            "hypervisor memory check: 6 regions intact",
+            "hypervisor exit: status 0",
+        ],
+        max_repeats: Some(17),
+        timeout_secs: 120,
+        ..DEFAULTS
     },
     // Issue 3 item 5: the SMMU conformance cases, run at EL2 against QEMU's SMMU with `edu` DMA.
     Scenario {
@@ -167,6 +258,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "hypervisor exit: status 0",
         ],
         timeout_secs: 120,
+        ..DEFAULTS
     },
     Scenario {
         name: "bench-runs",
@@ -183,6 +275,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "hypervisor exit: status 0",
         ],
         timeout_secs: 60,
+        ..DEFAULTS
     },
     Scenario {
         name: "linux-virtio-blk",
@@ -201,6 +294,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "hypervisor exit: status 0",
         ],
         timeout_secs: 300,
+        ..DEFAULTS
     },
 ];
 
@@ -236,6 +330,22 @@ pub(crate) fn check(
         }
         None => return Err("no exit status in the log".into()),
     }
+    for forbidden in scenario.forbid_log {
+        if let Some(line) = log.iter().find(|line| line.contains(forbidden)) {
+            return Err(format!("log has `{forbidden}`: {line}"));
+        }
+    }
+    if let Some(limit) = scenario.max_repeats {
+        let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+        for line in log {
+            *kinds.entry(line_kind(line)).or_default() += 1;
+        }
+        if let Some((kind, count)) = kinds.iter().find(|(_, count)| **count > limit) {
+            return Err(format!(
+                "{count} log lines of one kind, more than {limit}: {kind}"
+            ));
+        }
+    }
     // Each expected text must appear at or after the line where the previous one was found
     // (several may share a line).
     let mut from = 0;
@@ -250,6 +360,28 @@ pub(crate) fn check(
         }
     }
     Ok(())
+}
+
+/// A log line with its timestamp dropped and every number replaced by `#`: lines that differ
+/// only in addresses, counts or times are of one kind.
+fn line_kind(line: &str) -> String {
+    let mut kind = String::new();
+    let mut in_number = false;
+    for c in line
+        .trim_start_matches(|c: char| c.is_ascii_digit() || c == '.' || c == ' ')
+        .chars()
+    {
+        if c.is_ascii_hexdigit() || (in_number && c == 'x') {
+            if !in_number {
+                kind.push('#');
+                in_number = true;
+            }
+        } else {
+            in_number = false;
+            kind.push(c);
+        }
+    }
+    kind
 }
 
 #[cfg(test)]
@@ -268,15 +400,9 @@ mod tests {
     #[test]
     fn a_check_fails_on_wrong_status_missing_text_or_wrong_order() {
         let s = Scenario {
-            guest: ScenarioGuest::None,
-            expect_console: &[],
             name: "t",
-            description: "",
-            hyp_args: None,
-            qemu_args: &[],
-            expect_status: 0,
             expect_log: &["a", "b"],
-            timeout_secs: 1,
+            ..DEFAULTS
         };
         let log = vec!["x a".to_string(), "y b".to_string()];
         let same_line = vec!["a b".to_string()];
@@ -287,5 +413,42 @@ mod tests {
         assert!(check(&s, Some(0), true, &log).is_err());
         let reversed: Vec<String> = log.iter().rev().cloned().collect();
         assert!(check(&s, Some(0), false, &reversed).is_err());
+    }
+
+    #[test]
+    fn a_forbidden_line_fails_the_scenario() {
+        let s = Scenario {
+            name: "t",
+            forbid_log: &["ERROR"],
+            ..DEFAULTS
+        };
+        let clean = vec!["INFO fine".to_string()];
+        let dirty = vec![
+            "INFO fine".to_string(),
+            "ERROR SMMU global error".to_string(),
+        ];
+        assert_eq!(check(&s, Some(0), false, &clean), Ok(()));
+        assert!(check(&s, Some(0), false, &dirty).is_err());
+    }
+
+    #[test]
+    fn lines_differing_only_in_numbers_count_as_one_kind() {
+        assert_eq!(
+            line_kind("0.104566 WARN  guest read at IPA 0x9050000 (PC 0x422096e0): abort"),
+            line_kind("12.5 WARN  guest read at IPA 0x40200000 (PC 0x42209290): abort")
+        );
+        assert_ne!(line_kind("WARN guest read"), line_kind("WARN guest write"));
+        let s = Scenario {
+            name: "t",
+            max_repeats: Some(2),
+            ..DEFAULTS
+        };
+        let lines = |n: usize| -> Vec<String> {
+            (0..n)
+                .map(|i| format!("0.{i} WARN refused CPU_ON {i:#x}"))
+                .collect()
+        };
+        assert_eq!(check(&s, Some(0), false, &lines(2)), Ok(()));
+        assert!(check(&s, Some(0), false, &lines(3)).is_err());
     }
 }

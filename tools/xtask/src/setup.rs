@@ -22,7 +22,8 @@ const MIN_RUSTC: (u32, u32) = (1, 88);
 /// How the hypervisor is cross-compiled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum CrossToolchain {
-    /// `rustup target add aarch64-unknown-none` was done: the normal cargo builds for it, and
+    /// `rustup target add aarch64-unknown-none aarch64-unknown-none-softfloat` was done: the
+    /// normal cargo builds for them, and
     /// links with the `rust-lld` that rustup ships inside the toolchain.
     RustupTarget { linker: Linker },
     /// Debian's packaged compiler with the library source, building `core` from source, and
@@ -72,7 +73,7 @@ impl fmt::Display for Tools {
         match &self.cross {
             CrossToolchain::RustupTarget { linker } => write!(
                 f,
-                "rustup's target aarch64-unknown-none (installed), linked by rustup's {} ({})",
+                "rustup's targets aarch64-unknown-none and -softfloat (installed), linked by rustup's {} ({})",
                 linker.path.display(),
                 linker.version
             ),
@@ -267,9 +268,11 @@ fn find_cross_toolchain() -> Result<CrossToolchain, Need> {
 /// `PATH`. Every linker is probed by the path the build will use, never assumed.
 fn detect_cross_toolchain(machine: &impl Machine) -> Result<CrossToolchain, Need> {
     let installed = machine.output(Path::new("rustup"), &["target", "list", "--installed"]);
+    // Both targets: the hypervisor's (soft-float) and the test guest's.
     if installed.is_some_and(|list| {
-        list.lines()
-            .any(|line| line.trim() == "aarch64-unknown-none")
+        crate::image::TARGETS
+            .iter()
+            .all(|target| list.lines().any(|line| line.trim() == *target))
     }) {
         // rustc runs `rust-lld` from its own sysroot, not from PATH: check that very file.
         let sysroot = machine.output(Path::new("rustc"), &["--print", "sysroot"]);
@@ -387,8 +390,8 @@ fn install(missing: &[Need]) -> Result<()> {
             eprintln!("    {step}");
         }
         eprintln!(
-            "  or, with rustup and network access: rustup target add aarch64-unknown-none,\n  \
-             and a QEMU >= 9.2 from your distribution."
+            "  or, with rustup and network access: rustup target add aarch64-unknown-none \
+             aarch64-unknown-none-softfloat,\n  and a QEMU >= 9.2 from your distribution."
         );
         return Err("prerequisites missing; see the commands above".into());
     }
@@ -694,7 +697,7 @@ mod tests {
             .answers(
                 "rustup",
                 "target list --installed",
-                "aarch64-unknown-none\nx86_64-unknown-linux-gnu\n",
+                "aarch64-unknown-none\naarch64-unknown-none-softfloat\nx86_64-unknown-linux-gnu\n",
             )
             .file(sysroot_lld)
             .answers(sysroot_lld, "-flavor gnu --version", "LLD 20.1.8\n");
@@ -707,6 +710,18 @@ mod tests {
                 },
             })
         );
+        // Only one of the two targets: Debian's toolchain (which builds both) is used.
+        let one_target = Simulated::fresh_debian_with_rustup()
+            .answers(
+                "rustup",
+                "target list --installed",
+                "aarch64-unknown-none\n",
+            )
+            .install_debian_packages(&debian_packages_of_the_plan());
+        assert!(matches!(
+            detect_cross_toolchain(&one_target),
+            Ok(CrossToolchain::DebianBuildStd { .. })
+        ));
         // A target without its linker (a broken toolchain) falls back to Debian's, if present.
         let broken = Simulated::fresh_debian_with_rustup()
             .answers(

@@ -60,7 +60,7 @@ pub(crate) fn test_command(args: &[String]) -> Result<ExitCode> {
                     };
                     Guest::BareMetal {
                         elf: elf.clone(),
-                        args: String::new(),
+                        args: scenario.guest_args.to_string(),
                     }
                 }
                 ScenarioGuest::DebianLinux => {
