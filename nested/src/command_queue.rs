@@ -14,12 +14,13 @@
 //! the guest may rewrite commands and move PROD back, as the architecture allows. Each step
 //! costs one budget unit, so a trap consumes a bounded number of commands whatever PROD says.
 
+use smmu::VirtualStreamId;
 use smmu::command::{Command, SyncCompletion};
 use smmu::driver::DmaMemory;
 use smmu::queue::{QueueKind, QueueState};
 use smmu::registers::{CmdqCons, CommandError};
-use smmu::VirtualStreamId;
 
+use crate::VirtualSmmu;
 use crate::budget::{Budget, READ_COST, SYNC_COST};
 use crate::counters::bump;
 use crate::interfaces::guest_memory::{GuestMemory, read_words};
@@ -29,7 +30,6 @@ use crate::registers::{CMDQ_ERR, MSI_CMDQ_ABT_ERR, QueueGeometry};
 use crate::validate::command::{
     CommandAction, CommandContext, GuestCommand, GuestSync, validate_command,
 };
-use crate::VirtualSmmu;
 
 /// Bytes per command.
 const COMMAND_BYTES: u64 = 16;
@@ -87,7 +87,10 @@ where
             return false;
         };
         let command = GuestCommand(Command::from_words(words));
-        bump(&mut self.counters.commands, usize::from(command.0.opcode_raw()));
+        bump(
+            &mut self.counters.commands,
+            usize::from(command.0.opcode_raw()),
+        );
         let streams = &self.streams;
         let context = CommandContext {
             features: &self.features,
@@ -187,7 +190,9 @@ where
                 if sync.msi_address.0 != 0 && !self.msi_write(sync.msi_address, sync.msi_data) {
                     self.raise_global_error(MSI_CMDQ_ABT_ERR);
                 }
-                self.backends.interrupts.raise(VirtualInterrupt::CommandSync);
+                self.backends
+                    .interrupts
+                    .raise(VirtualInterrupt::CommandSync);
             }
         }
     }

@@ -142,9 +142,7 @@ impl CdLayout {
             return Err(ConfigError::ShadowMemory);
         }
         let fit = per_stream.min(MAX_SHADOW_CDS_PER_STREAM).ilog2();
-        let cds_log2 = u8::try_from(fit)
-            .unwrap_or(0)
-            .min(ssid_bits);
+        let cds_log2 = u8::try_from(fit).unwrap_or(0).min(ssid_bits);
         let window = IpaRange::new(base, size);
         // Every slot must be aligned to its own size (a linear CD table is), and the window to
         // a page; slots start at multiples of their size from the base.

@@ -49,3 +49,6 @@ pub use interfaces::interrupts::{InterruptSink, VirtualInterrupt};
 pub use interfaces::mmio::{AccessWidth, MmioDevice, MmioError, MmioOffset, MmioOutcome, VcpuId};
 pub use interfaces::physical::{PhysicalCommand, PhysicalSmmu, ShadowSte};
 pub use vsmmu::{Backends, VirtualSmmu};
+
+#[cfg(test)]
+mod tests;

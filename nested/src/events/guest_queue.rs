@@ -8,18 +8,18 @@
 //! GERROR.EVTQ_ABT_ERR becomes active. After a write, the `eventq` interrupt (and MSI, if
 //! configured) is signalled when EVTQ_IRQEN is set.
 
+use smmu::Ipa;
 use smmu::driver::DmaMemory;
 use smmu::event::EventRecord;
 use smmu::queue::{QueueKind, QueueState};
-use smmu::Ipa;
 
+use crate::VirtualSmmu;
 use crate::counters::bump;
 use crate::events::DropReason;
 use crate::interfaces::guest_memory::{GuestMemory, write_words};
 use crate::interfaces::interrupts::{InterruptSink, VirtualInterrupt};
 use crate::interfaces::physical::PhysicalSmmu;
 use crate::registers::{EVTQ_ABT_ERR, MSI_EVTQ_ABT_ERR, QueueGeometry};
-use crate::VirtualSmmu;
 
 /// Bytes per event record.
 const EVENT_BYTES: u64 = 32;
@@ -65,12 +65,9 @@ where
             }
             return Err(DropReason::QueueFull);
         }
-        let written = geometry
-            .entry(prod.index())
-            .ok_or(())
-            .and_then(|ipa| {
-                write_words(&mut self.backends.guest_memory, ipa, &record.words()).map_err(|_| ())
-            });
+        let written = geometry.entry(prod.index()).ok_or(()).and_then(|ipa| {
+            write_words(&mut self.backends.guest_memory, ipa, &record.words()).map_err(|_| ())
+        });
         if written.is_err() {
             self.raise_global_error(EVTQ_ABT_ERR);
             return Err(DropReason::WriteAborted);

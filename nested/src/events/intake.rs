@@ -17,6 +17,7 @@ use smmu::driver::DmaMemory;
 use smmu::event::{Event, EventAddress, EventId};
 use smmu::{Ipa, PhysAddr, StreamId};
 
+use crate::VirtualSmmu;
 use crate::counters::bump;
 use crate::events::{EventDisposition, WithheldReason};
 use crate::guest_tables::SteFault;
@@ -24,7 +25,6 @@ use crate::interfaces::guest_memory::GuestMemory;
 use crate::interfaces::interrupts::InterruptSink;
 use crate::interfaces::physical::PhysicalSmmu;
 use crate::streams::ShadowConfig;
-use crate::VirtualSmmu;
 
 impl<G, P, I, C, const STREAMS: usize> VirtualSmmu<G, P, I, C, STREAMS>
 where
@@ -91,10 +91,9 @@ where
             | EventId::FAddrSize
             | EventId::FAccess
             | EventId::FPermission => {}
-            EventId::CBadStreamid
-            | EventId::FSteFetch
-            | EventId::FCdFetch
-            | EventId::FVmsFetch => return Err(WithheldReason::HypervisorConfiguration),
+            EventId::CBadStreamid | EventId::FSteFetch | EventId::FCdFetch | EventId::FVmsFetch => {
+                return Err(WithheldReason::HypervisorConfiguration);
+            }
             EventId::FUut
             | EventId::FBadAtsTreq
             | EventId::FTranslForbidden

@@ -13,6 +13,7 @@
 
 use core::fmt;
 
+use smmu::StreamId;
 use smmu::command::Cmd;
 use smmu::domain::{InvalidationError, Stage2Invalidation, SyncProof};
 use smmu::driver::{DmaMemory, Driver, Error as DriverError, Platform, SteWriter};
@@ -20,7 +21,6 @@ use smmu::entry::install::{EntryWriter, InstallError, InstallReport, install_ste
 use smmu::hardware::RegisterAccess;
 use smmu::registers::Features;
 use smmu::ste::Ste;
-use smmu::StreamId;
 
 /// An STE the vSMMU built for one of its VM's physical streams. Only the shadow builder
 /// ([`crate::shadow`]) makes one, and every one passes

@@ -24,18 +24,18 @@
 
 pub mod id;
 
+use smmu::Ipa;
 use smmu::driver::DmaMemory;
 use smmu::queue::{OVERFLOW_FLAG, QueueKind, QueuePointer, QueueSize};
 use smmu::registers::{Cr0, Gbpa, IrqCtrl, MAX_QUEUE_LOG2SIZE};
-use smmu::Ipa;
 
+use crate::VirtualSmmu;
 use crate::config::REGISTER_WINDOW_SIZE;
 use crate::counters::bump;
 use crate::interfaces::guest_memory::GuestMemory;
 use crate::interfaces::interrupts::{InterruptSink, VirtualInterrupt};
 use crate::interfaces::mmio::{AccessWidth, MmioError, MmioOffset};
 use crate::interfaces::physical::PhysicalSmmu;
-use crate::VirtualSmmu;
 
 /// A register of the vSMMU, as trapped accesses are counted.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
@@ -175,7 +175,8 @@ pub(crate) const MSI_GERROR_ABT_ERR: u32 = 1 << 7;
 
 /// GBPA's defined fields without UPDATE: MemAttr, MTCFG, ALLOCCFG, SHCFG, NSCFG, PRIVCFG,
 /// INSTCFG, ABORT.
-const GBPA_FIELDS: u32 = 0xf | 1 << 4 | 0xf << 8 | 0x3 << 12 | 0x3 << 14 | 0x3 << 16 | 0x3 << 18 | 1 << 20;
+const GBPA_FIELDS: u32 =
+    0xf | 1 << 4 | 0xf << 8 | 0x3 << 12 | 0x3 << 14 | 0x3 << 16 | 0x3 << 18 | 1 << 20;
 /// GBPA.UPDATE.
 const GBPA_UPDATE: u32 = 1 << 31;
 /// CR1's fields (queue and table cacheability and shareability).
@@ -423,9 +424,7 @@ where
         // Reads a guest polls while work is pending continue that work first.
         let polls_progress = match register {
             VirtualRegister::CmdqCons => self.command_queue_has_work(),
-            VirtualRegister::Cr0Ack | VirtualRegister::Gbpa => {
-                self.streams.first_dirty().is_some()
-            }
+            VirtualRegister::Cr0Ack | VirtualRegister::Gbpa => self.streams.first_dirty().is_some(),
             _ => false,
         };
         if polls_progress {
@@ -446,9 +445,7 @@ where
             VirtualRegister::Cr0Ack => r.cr0ack(),
             VirtualRegister::Cr1 => r.cr1,
             VirtualRegister::Cr2 => r.cr2,
-            VirtualRegister::Gbpa => {
-                r.gbpa.0 | if r.gbpa_updating { GBPA_UPDATE } else { 0 }
-            }
+            VirtualRegister::Gbpa => r.gbpa.0 | if r.gbpa_updating { GBPA_UPDATE } else { 0 },
             VirtualRegister::IrqCtrl | VirtualRegister::IrqCtrlAck => r.irq_ctrl.0,
             VirtualRegister::Gerror => r.gerror,
             VirtualRegister::Gerrorn => r.gerrorn,
@@ -695,7 +692,9 @@ where
         if new & !MSI_GERROR_ABT_ERR == 0 || !self.registers.irq_ctrl.gerror_irqen() {
             return;
         }
-        self.backends.interrupts.raise(VirtualInterrupt::GlobalError);
+        self.backends
+            .interrupts
+            .raise(VirtualInterrupt::GlobalError);
         let address = Ipa(self.registers.gerror_irq_cfg0);
         let data = self.registers.gerror_irq_cfg1;
         if address.0 != 0 && !self.msi_write(address, data) {

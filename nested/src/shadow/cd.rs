@@ -15,6 +15,7 @@ use smmu::driver::DmaMemory;
 use smmu::entry::install::{EntryWriter, install_cd};
 use smmu::{StreamId, SubstreamId};
 
+use crate::VirtualSmmu;
 use crate::budget::{Budget, READ_COST, SYNC_COST};
 use crate::counters::bump;
 use crate::guest_tables::{GuestCdTable, read_cd};
@@ -22,7 +23,6 @@ use crate::interfaces::guest_memory::GuestMemory;
 use crate::interfaces::interrupts::InterruptSink;
 use crate::interfaces::physical::{PhysicalCommand, PhysicalSmmu};
 use crate::validate::cd::{GuestCd, validate_cd};
-use crate::VirtualSmmu;
 
 /// The hitless installer's stores and syncs for one shadow CD.
 struct ShadowCdWriter<'a, C, P> {

@@ -21,6 +21,7 @@ pub mod ste;
 use smmu::driver::DmaMemory;
 use smmu::ste::Ste;
 
+use crate::VirtualSmmu;
 use crate::budget::{Budget, READ_COST, SYNC_COST};
 use crate::counters::bump;
 use crate::guest_tables::{SteFault, locate_ste, read_ste};
@@ -29,7 +30,6 @@ use crate::interfaces::interrupts::InterruptSink;
 use crate::interfaces::physical::PhysicalSmmu;
 use crate::streams::ShadowConfig;
 use crate::validate::ste::{GuestSte, SteRequest, validate_ste};
-use crate::VirtualSmmu;
 
 impl<G, P, I, C, const STREAMS: usize> VirtualSmmu<G, P, I, C, STREAMS>
 where

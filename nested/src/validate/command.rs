@@ -22,7 +22,9 @@
 //! cached to invalidate. Nothing the guest names reaches another VM's stream: ownership is
 //! looked up in this VM's own table, and the VMID is the VM's.
 
-use smmu::command::{Cmd, Command, CommandDecodeError, Opcode, SyncCompletion, TlbiGranule, TlbiScope};
+use smmu::command::{
+    Cmd, Command, CommandDecodeError, Opcode, SyncCompletion, TlbiGranule, TlbiScope,
+};
 use smmu::{Ipa, StreamId, SubstreamId, VirtualStreamId, Vmid};
 
 use crate::interfaces::physical::PhysicalCommand;
@@ -164,7 +166,11 @@ pub fn validate_command<F: Fn(VirtualStreamId) -> Option<StreamId>>(
     let features = context.features;
     let vmid = context.vmid;
     let in_range = |sid: StreamId| u64::from(sid.0) >> features.sid_bits == 0;
-    let forward = |cmd: Cmd| Ok(ValidatedCommand(CommandAction::Forward(PhysicalCommand::new(cmd))));
+    let forward = |cmd: Cmd| {
+        Ok(ValidatedCommand(CommandAction::Forward(
+            PhysicalCommand::new(cmd),
+        )))
+    };
     let nothing = Ok(ValidatedCommand(CommandAction::Nothing));
     let cmd = command.0.decode().map_err(IllegalCommand::Decode)?;
     match cmd {
@@ -232,9 +238,7 @@ pub fn validate_command<F: Fn(VirtualStreamId) -> Option<StreamId>>(
             check_scope(&scope, features.ril)?;
             forward(Cmd::TlbiNhVaa { vmid, scope, addr })
         }
-        Cmd::TlbiEl3All | Cmd::TlbiEl3Va { .. } => {
-            Err(IllegalCommand::SecureOnly(cmd.opcode()))
-        }
+        Cmd::TlbiEl3All | Cmd::TlbiEl3Va { .. } => Err(IllegalCommand::SecureOnly(cmd.opcode())),
         Cmd::TlbiEl2All
         | Cmd::TlbiEl2Asid { .. }
         | Cmd::TlbiEl2Va { .. }

@@ -20,8 +20,8 @@
 //!   implement: IGNORED or RES0, never copied. The VMID and stage 2 of the physical STE are the
 //!   hypervisor's.
 
-use smmu::ste::{Eats, S1Dss, S1Fmt, Ste, StreamConfig};
 use smmu::IpaRange;
+use smmu::ste::{Eats, S1Dss, S1Fmt, Ste, StreamConfig};
 
 use crate::guest_tables::{CdTableFormat, GuestCdTable, first_level_range};
 use crate::interfaces::guest_memory::GuestMemory;
@@ -226,7 +226,11 @@ pub fn validate_ste(
     let eats = if features.ats {
         match ste.eats() {
             Ok(eats @ (Eats::Abort | Eats::Translate)) => eats,
-            _ => return Err(InvalidSte::EatsNotAllowed(u8::try_from(Ste::EATS.extract(word1)).unwrap_or(u8::MAX))),
+            _ => {
+                return Err(InvalidSte::EatsNotAllowed(
+                    u8::try_from(Ste::EATS.extract(word1)).unwrap_or(u8::MAX),
+                ));
+            }
         }
     } else {
         Eats::Abort
