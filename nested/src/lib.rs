@@ -20,6 +20,15 @@
 //! [`interfaces`] holds the consumer-side traits `hyp` implements; [`config`] what it decides
 //! at construction and what it must map and describe in return (the CD window, the device
 //! tree). [`vsmmu`] ties them together and lists the entry points.
+//!
+//! # Testing
+//!
+//! - `cargo test -p nested`: the host tests (`src/tests/`), the real `smmu` driver over its
+//!   fake SMMU behind [`PhysicalSmmu`], and a property test of `testing::hostile`.
+//! - `cd nested && RUSTC_BOOTSTRAP=1 cargo fuzz run vsmmu -- -max_total_time=60`: the same
+//!   hostile driver, coverage-guided by libFuzzer (`cargo install cargo-fuzz` once; stable
+//!   Rust with `RUSTC_BOOTSTRAP=1` for the sanitizer flags). `-runs=20000` is a bounded run for
+//!   CI. A finding is a panic: a broken promise, with the input under `fuzz/artifacts/`.
 
 #![cfg_attr(not(any(test, feature = "testing")), no_std)]
 #![forbid(unsafe_code)]
