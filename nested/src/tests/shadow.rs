@@ -275,3 +275,69 @@ fn replacing_a_live_cd_with_another_valid_one_is_hitless() {
     );
     let _ = Vmid(0);
 }
+
+/// A physical SMMU like QEMU's but with 5-bit substream IDs.
+fn with_substreams() -> TestVm {
+    let ids = smmu::registers::IdRegisters {
+        idr1: smmu::registers::IdRegisters::QEMU_VIRT.idr1 | 5 << 6,
+        ..smmu::registers::IdRegisters::QEMU_VIRT
+    };
+    let physical = crate::testing::SharedPhysical::new(ids);
+    let mut vm = TestVm::new(&physical, Vmid(3), RAM_A, &[EDU]);
+    assert!(vm.linux_reset());
+    vm
+}
+
+#[test]
+fn substreams_are_shadowed_from_linear_and_two_level_guest_cd_tables() {
+    let mut vm = with_substreams();
+    // The shadow holds 64 CDs per stream at most, and the physical SMMU 2^5.
+    assert_eq!(vm.vsmmu.features().ssid_bits, 5);
+    assert!(vm.vsmmu.features().cd2l);
+    // Linear, four CDs with ASIDs 10..13.
+    let table = vm.ram(layout::CDS);
+    for ssid in 0..4u64 {
+        let cd = guest_cd(10 + ssid as u16, vm.ram(layout::TABLES));
+        vm.memory.put_words(Ipa(table.0 + ssid * 64), &cd);
+    }
+    vm.put_ste(EDU.virtual_sid, guest_s1_ste(table, 2));
+    assert!(vm.submit_sync(&[cfgi_ste(EDU.virtual_sid)]));
+    let ste = physical_ste(&vm, EDU.physical_sid);
+    assert_eq!((ste.config(), ste.s1cdmax()), (StreamConfig::Nested, 2));
+    for ssid in 0..4 {
+        assert_eq!(shadow_cd(&vm, &ste, ssid).asid().0, 10 + ssid as u16);
+    }
+    // Two-level with 4 KiB leaves: a level-1 descriptor to a leaf holding CDs 0..63; the
+    // shadow is linear whatever the guest's shape.
+    let l1 = vm.ram(layout::CDS + 0x2000);
+    let leaf = vm.ram(layout::CDS + 0x3000);
+    vm.memory.put_words(l1, &[leaf.0 | 1]);
+    for ssid in 0..4u64 {
+        let cd = guest_cd(20 + ssid as u16, vm.ram(layout::TABLES));
+        vm.memory.put_words(Ipa(leaf.0 + ssid * 64), &cd);
+    }
+    let mut words = guest_s1_ste(l1, 2);
+    words[0] |= 1 << 4; // S1Fmt: 2-level, 4 KiB leaves.
+    vm.put_ste(EDU.virtual_sid, words);
+    assert!(vm.submit_sync(&[cfgi_ste(EDU.virtual_sid)]));
+    let ste = physical_ste(&vm, EDU.physical_sid);
+    for ssid in 0..4 {
+        assert_eq!(shadow_cd(&vm, &ste, ssid).asid().0, 20 + ssid as u16);
+    }
+    // One CD replaced with CFGI_CD: only that one changes, hitlessly.
+    vm.memory
+        .put_words(Ipa(leaf.0 + 64), &guest_cd(99, vm.ram(layout::TABLES)));
+    assert!(vm.submit_sync(&[Cmd::CfgiCd {
+        sid: StreamId(8),
+        ssid: smmu::SubstreamId(1),
+        leaf: true
+    }]));
+    let ste = physical_ste(&vm, EDU.physical_sid);
+    assert_eq!(shadow_cd(&vm, &ste, 1).asid().0, 99);
+    assert_eq!(shadow_cd(&vm, &ste, 2).asid().0, 22);
+    // A level-1 descriptor with V=0 makes its CDs invalid in the shadow.
+    vm.memory.put_words(l1, &[0]);
+    assert!(vm.submit_sync(&[Cmd::CfgiCdAll { sid: StreamId(8) }]));
+    let ste = physical_ste(&vm, EDU.physical_sid);
+    assert!(!shadow_cd(&vm, &ste, 0).v());
+}
