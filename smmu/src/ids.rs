@@ -127,6 +127,82 @@ impl PhysRange {
     }
 }
 
+impl Ipa {
+    /// The address `bytes` further on, or `None` if that overflows.
+    #[must_use]
+    pub const fn checked_add(self, bytes: u64) -> Option<Self> {
+        match self.0.checked_add(bytes) {
+            Some(a) => Some(Self(a)),
+            None => None,
+        }
+    }
+
+    /// Whether the address is a multiple of `align`, which must be a power of two.
+    #[must_use]
+    pub const fn is_aligned(self, align: u64) -> bool {
+        align.is_power_of_two() && self.0 & (align - 1) == 0
+    }
+}
+
+/// A contiguous range of intermediate physical addresses, `[base, base + size)`: a VM's RAM, a
+/// window of its address space, or a structure a guest claims to have placed there.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct IpaRange {
+    /// The first address of the range.
+    pub base: Ipa,
+    /// The length of the range in bytes.
+    pub size: u64,
+}
+
+impl IpaRange {
+    /// The range `[base, base + size)`.
+    #[must_use]
+    pub const fn new(base: Ipa, size: u64) -> Self {
+        Self { base, size }
+    }
+
+    /// One past the last address, or `None` if the range wraps past the top of the address
+    /// space (a range a guest alleged, never one that can exist).
+    #[must_use]
+    pub const fn checked_end(&self) -> Option<u64> {
+        self.base.0.checked_add(self.size)
+    }
+
+    /// Whether `addr` lies inside the range.
+    #[must_use]
+    pub const fn contains(&self, addr: Ipa) -> bool {
+        match self.checked_end() {
+            Some(end) => addr.0 >= self.base.0 && addr.0 < end,
+            None => addr.0 >= self.base.0,
+        }
+    }
+
+    /// Whether every address of `inner` lies inside this range. An empty `inner` is covered
+    /// only if its base is inside (or at the end of) the range; a wrapping `inner` never is.
+    #[must_use]
+    pub const fn covers(&self, inner: &IpaRange) -> bool {
+        let (Some(end), Some(inner_end)) = (self.checked_end(), inner.checked_end()) else {
+            return false;
+        };
+        inner.base.0 >= self.base.0 && inner_end <= end
+    }
+
+    /// Whether the two ranges share at least one address.
+    #[must_use]
+    pub const fn overlaps(&self, other: &IpaRange) -> bool {
+        let end = match self.checked_end() {
+            Some(end) => end,
+            None => u64::MAX,
+        };
+        let other_end = match other.checked_end() {
+            Some(end) => end,
+            None => u64::MAX,
+        };
+        self.size != 0 && other.size != 0 && self.base.0 < other_end && other.base.0 < end
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +214,23 @@ mod tests {
         assert!(!a.overlaps(&PhysRange::new(0x2000, 0x1000)));
         assert!(!a.overlaps(&PhysRange::new(0x0, 0x1000)));
         assert!(!a.overlaps(&PhysRange::new(0x1800, 0)));
+    }
+
+    #[test]
+    fn ipa_ranges_cover_only_what_lies_wholly_inside_and_never_wrap() {
+        let ram = IpaRange::new(Ipa(0x4000_0000), 0x1000_0000);
+        assert!(ram.covers(&IpaRange::new(Ipa(0x4000_0000), 0x1000_0000)));
+        assert!(ram.covers(&IpaRange::new(Ipa(0x4fff_fff8), 8)));
+        assert!(!ram.covers(&IpaRange::new(Ipa(0x4fff_fff8), 9)));
+        assert!(!ram.covers(&IpaRange::new(Ipa(0x3fff_fff8), 16)));
+        assert!(!ram.covers(&IpaRange::new(Ipa(u64::MAX - 7), 16)));
+        assert!(!IpaRange::new(Ipa(u64::MAX - 7), 16).covers(&IpaRange::new(Ipa(u64::MAX), 1)));
+        assert!(ram.contains(Ipa(0x4fff_ffff)) && !ram.contains(Ipa(0x5000_0000)));
+        assert!(ram.overlaps(&IpaRange::new(Ipa(0x4fff_ffff), 2)));
+        assert!(!ram.overlaps(&IpaRange::new(Ipa(0x5000_0000), 0x1000)));
+        assert!(
+            IpaRange::new(Ipa(u64::MAX - 7), 16).overlaps(&IpaRange::new(Ipa(u64::MAX - 1), 1))
+        );
     }
 
     #[test]

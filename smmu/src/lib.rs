@@ -35,4 +35,6 @@ pub mod ste;
 pub mod testing;
 pub mod translation;
 
-pub use ids::{Asid, Iova, Ipa, PhysAddr, PhysRange, StreamId, SubstreamId, VirtualStreamId, Vmid};
+pub use ids::{
+    Asid, Iova, Ipa, IpaRange, PhysAddr, PhysRange, StreamId, SubstreamId, VirtualStreamId, Vmid,
+};
