@@ -100,7 +100,12 @@ impl VirtualFeatures {
             gran4k: physical.gran4k,
             gran16k: physical.gran16k,
             gran64k: physical.gran64k,
-            vax: physical.vax,
+            // 56-bit VAs need VMSAv9-128 tables, which the shadow does not make: offer 52 bits
+            // at most.
+            vax: match physical.vax {
+                Vax::Va48 => Vax::Va48,
+                Vax::Va52 | Vax::Va56 => Vax::Va52,
+            },
         }
     }
 
@@ -147,6 +152,7 @@ impl VirtualFeatures {
         let vax = match self.vax {
             Vax::Va48 => 0,
             Vax::Va52 => 1,
+            Vax::Va56 => 2,
         };
         u32::from(self.oas.encoding())
             | u32::from(self.gran4k) << 4
