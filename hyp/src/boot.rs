@@ -17,8 +17,9 @@ use crate::arch::{
     sysreg, vectors,
 };
 use crate::cmdline::CommandLine;
-use crate::integrity::Fingerprints;
-use crate::layout::{self, ImageLayout, PlatformWindows};
+use crate::layout::{
+    self, GUEST_BOOT_WINDOW_SIZE, HYPERVISOR_CARVE_OUT, ImageLayout, PlatformWindows,
+};
 use crate::page_pool::{PagePool, StaticFrames};
 use aarch64_paging::{Mapping, paging::El2};
 use smmu::PhysRange;
@@ -38,6 +39,8 @@ unsafe extern "C" {
     static data_begin: u8;
     /// The end of the image: after `.bss` and the stacks, page-aligned.
     static dma_region: u8;
+    /// The lowest address of the boot CPU's stack (`aarch64-rt`'s `image.ld`).
+    static boot_stack_begin: u8;
 }
 
 fn image_layout() -> ImageLayout {
@@ -75,8 +78,8 @@ fn device_tree_at(address: u64) -> Result<&'static [u8], &'static str> {
 
 /// The primary CPU's entry from `aarch64-rt`, with the MMU on and the boot stack set.
 pub fn primary_main(x0: u64) -> ! {
-    vectors::install();
-    crate::arch::guest::claim_boot_cpu();
+    vectors::install(vectors::Table::Hypervisor);
+    crate::cpus::start::claim_boot_cpu(&crate::vm::TRAP_STATE.slots);
     // Until the device tree names the platform, QEMU virt's data is the best guess: it gives
     // the device tree's default address and the UART on which to report a bad tree.
     let fallback = &board::QEMU_VIRT;
@@ -170,7 +173,6 @@ pub fn primary_main(x0: u64) -> ! {
             .map(|ram| PhysRange::new(ram.base.get(), GUEST_BOOT_WINDOW_SIZE)),
     };
     let mut el2_map = install_el2_map(&windows);
-    BOOT_TREE.call_once(|| PhysRange::new(dtb_address, tree.len() as u64));
 
     let _features = probe_smmu(platform.smmu.registers);
     // From here on no stream bypasses: GBPA aborts and every STE is invalid until a stream is
@@ -199,70 +201,23 @@ pub fn primary_main(x0: u64) -> ! {
         discovered: &discovered,
         devices: GUEST_DEVICES.get().unwrap_or(&EMPTY_PLAN),
         source_tree: tree,
+        hypervisor_memory: hypervisor_memory(PhysRange::new(dtb_address, tree.len() as u64)),
         ram: guest_ram,
         hypervisor_carve_out: PhysRange::new(first_bank.base.get(), HYPERVISOR_CARVE_OUT),
         el2_map: &mut el2_map,
     })
 }
 
-/// Where the boot device tree is: it stays in the hypervisor's carve-out, read-only.
-static BOOT_TREE: spin::Once<PhysRange> = spin::Once::new();
-
-/// The fingerprints of what must not change while the guest runs (see [`crate::integrity`]).
-static FINGERPRINTS: spin::Once<Fingerprints> = spin::Once::new();
-
-fn read_word(address: u64) -> u64 {
-    // SAFETY: only called on the regions `seal_memory` records, each mapped at EL2 for the
-    // whole run (image code and read-only data, the table pools in the image's bss, the boot
-    // device tree); an aligned 64-bit volatile load has no other effect.
-    unsafe { core::ptr::read_volatile(address as *const u64) }
-}
-
-/// Fingerprints the hypervisor's code, read-only data, EL2 tables and boot device tree, and
-/// the guest's stage-2 tables given by the caller. Called once, right before the guest runs.
-pub fn seal_memory(guest_tables: &[(&'static str, PhysRange)]) {
+/// What of the hypervisor's own memory must not change while a guest runs: its code, its
+/// read-only data, its EL2 tables and the boot device tree (see [`crate::integrity`]).
+fn hypervisor_memory(boot_tree: PhysRange) -> [(&'static str, PhysRange); 4] {
     let image = image_layout();
-    let mut prints = Fingerprints::new();
-    let own = [
+    [
         ("text", image.text),
         ("rodata", image.rodata),
         ("EL2 page tables", EL2_TABLES.range()),
-    ];
-    let tree = BOOT_TREE.get().map(|&tree| ("boot device tree", tree));
-    for &(name, range) in own.iter().chain(tree.iter()).chain(guest_tables) {
-        if !prints.record(name, range, &read_word) {
-            defmt::error!("integrity: no room to fingerprint {=str}", name);
-        }
-    }
-    for (name, range) in prints.regions() {
-        defmt::debug!("integrity: fingerprinted {=str} {}", name, range);
-    }
-    FINGERPRINTS.call_once(|| prints);
-}
-
-/// Checks every fingerprinted region; logs each one that changed. `false` means hypervisor
-/// memory was written by someone who should not have.
-pub fn memory_intact() -> bool {
-    let Some(prints) = FINGERPRINTS.get() else {
-        return true;
-    };
-    let mut intact = true;
-    for (name, range) in prints.changed(&read_word) {
-        defmt::error!(
-            "hypervisor memory check: {=str} {} was modified",
-            name,
-            range
-        );
-        intact = false;
-    }
-    if intact {
-        let names = prints.regions().count();
-        defmt::info!(
-            "hypervisor memory check: {=usize} regions intact (code, read-only data, EL2 and stage-2 tables, boot device tree)",
-            names
-        );
-    }
-    intact
+        ("boot device tree", boot_tree),
+    ]
 }
 
 /// What the guest is given, judged once at boot.
@@ -372,13 +327,6 @@ fn virtio_device_id(registers: PhysRange) -> Option<u32> {
     (window.read32(0)? == MAGIC && id != 0).then_some(id)
 }
 
-/// The hypervisor's carve-out at the start of RAM: the boot device tree, the image and its
-/// pools (see `hyp/build.rs`). Guest RAM starts right after it.
-pub const HYPERVISOR_CARVE_OUT: u64 = 32 << 20;
-
-/// The guest boot window's size: the guest's device tree goes there.
-pub const GUEST_BOOT_WINDOW_SIZE: u64 = 2 << 20;
-
 /// The guest's RAM: the first bank minus the hypervisor's carve-out, if anything is left.
 fn guest_ram(bank: PhysRange) -> Option<PhysRange> {
     let start = bank.base.get().checked_add(HYPERVISOR_CARVE_OUT)?;
@@ -397,6 +345,13 @@ fn run_self_test(name: &str, platform: &board::Platform, el2_map: &mut Mapping<P
             crate::bench::run();
             exit(ExitStatus::Success);
         }
+        "el2-stack-overflow" => {
+            // Recurse until the stack runs into its guard page: the data abort must be
+            // reported, not the statics below the stack silently overwritten.
+            defmt::warn!("self-test: overflowing the boot stack");
+            let depth = recurse(0);
+            defmt::error!("self-test: recursed {=u64} deep without a fault", depth);
+        }
         "el2-unmapped-read" => {
             // Guest RAM is deliberately absent from the EL2 map: this must fault.
             let address = platform.ram_base().get() + (256 << 20);
@@ -414,10 +369,28 @@ fn run_self_test(name: &str, platform: &board::Platform, el2_map: &mut Mapping<P
     exit(ExitStatus::Failure);
 }
 
+/// Uses 1 KiB of stack per level, forever (until the guard page stops it).
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let mut frame = [0u8; 1024];
+    frame[0] = depth as u8;
+    let frame = core::hint::black_box(frame);
+    if depth > 1 << 20 {
+        return depth;
+    }
+    recurse(depth + 1) + u64::from(frame[0])
+}
+
 /// Builds the EL2 map and switches to it.
 fn install_el2_map(windows: &PlatformWindows) -> Mapping<PagePool, El2> {
     let image = image_layout();
-    let regions = match layout::el2_regions(&image, windows) {
+    // The lowest page of every EL2 stack stays unmapped: an overflow faults.
+    let boot_guard = PhysRange::new(&raw const boot_stack_begin as u64, layout::PAGE_SIZE);
+    let mut guards: heapless::Vec<PhysRange, { layout::MAX_GUARDS }> = heapless::Vec::new();
+    for guard in core::iter::once(boot_guard).chain(crate::cpus::start::stack_guards()) {
+        let _ = guards.push(guard);
+    }
+    let regions = match layout::el2_regions(&image, windows, &guards) {
         Ok(regions) => regions,
         Err(error) => {
             defmt::error!("EL2 layout refused: {}", error);
@@ -449,7 +422,7 @@ fn install_el2_map(windows: &PlatformWindows) -> Mapping<PagePool, El2> {
         map.translation().used(),
         map.translation().capacity()
     );
-    crate::arch::guest::set_el2_root(map.root_address().0 as u64);
+    crate::cpus::start::set_el2_root(map.root_address().0 as u64);
     map
 }
 

@@ -12,15 +12,17 @@
 //!    bare-metal ELF with the same convention. Secondary vCPUs come later, by PSCI `CPU_ON`.
 
 use crate::arch::{
-    guest,
+    el2,
     power::{ExitStatus, exit},
 };
-use crate::boot::GUEST_BOOT_WINDOW_SIZE;
 use crate::cmdline::{CommandLine, GuestKind};
-use crate::mmio::{MmioAccess, MmioError, MmioHandler, MmioRegistry};
+use crate::layout::GUEST_BOOT_WINDOW_SIZE;
+use crate::mmio::MmioRegistry;
 use crate::page_pool::{PagePool, StaticFrames};
-use crate::redistributor::{self, Layout, RedistributorRegisters};
+use crate::redistributor::{GuestRedistributors, Layout, RedistributorRegisters};
 use crate::stage2::{self, GuestPlatform};
+use crate::trap::handler::VmConfig;
+use crate::vm::GUEST_VMID;
 use aarch64_paging::{
     Mapping,
     descriptor::{El23Attributes, PhysicalAddress},
@@ -55,6 +57,8 @@ pub struct GuestBoot<'a> {
     pub devices: &'a GuestDevicePlan,
     /// The platform's device tree, the source of the guest's.
     pub source_tree: &'a [u8],
+    /// The hypervisor's own memory that must not change while the guest runs.
+    pub hypervisor_memory: [(&'static str, PhysRange); 4],
     /// Guest RAM (IPA == PA).
     pub ram: PhysRange,
     /// The hypervisor's carve-out at the start of RAM.
@@ -130,8 +134,11 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
                         fail("too many guest devices");
                     }
                 }
-                let handler = GUEST_REDISTRIBUTORS.call_once(|| GuestRedistributors { layout });
-                if registry.register(device.range, handler).is_err() {
+                let device_state = GUEST_REDISTRIBUTORS
+                    .call_once(|| spin::Mutex::new(GuestRedistributors::new(layout, GicrMmio)));
+                let window =
+                    smmu::IpaRange::new(smmu::Ipa(device.range.base.get()), device.range.size);
+                if registry.register(window, device_state).is_err() {
                     fail("redistributor handler");
                 }
                 defmt::info!(
@@ -197,7 +204,7 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
         regions.len(),
         map.translation().used(),
         map.translation().capacity(),
-        guest::GUEST_VMID
+        GUEST_VMID
     );
 
     confine_guest_devices(&guest_platform, discovered);
@@ -205,21 +212,28 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
     let vcpus = command_line
         .smp
         .map_or(discovered.cpu_count as usize, |n| n as usize);
-    guest::set_vm(guest::VmConfig {
-        stage2_root: map.root_address().0 as u64,
-        ram,
-        max_vcpus: vcpus,
-        mmio: registry,
-        pmu_counts_el2: command_line.pmu_counts_el2,
-    });
+    crate::vm::set_vm(
+        VmConfig {
+            ram: smmu::IpaRange::new(smmu::Ipa(ram.base.get()), ram.size),
+            max_vcpus: vcpus.clamp(1, crate::cpus::MAX_CPUS),
+            mmio: registry,
+            bench_mode: command_line.pmu_counts_el2,
+        },
+        map.root_address().0 as u64,
+    );
     if command_line.pmu_counts_el2 {
         defmt::warn!(
             "benchmark mode (hyp.pmu=el2-visible): the guest's PMU counts at EL2, so it can measure the hypervisor"
         );
     }
-    guest::configure_cpu();
+    crate::vm::configure_cpu();
     // Nothing the hypervisor set up for the guest changes from here on: fingerprint it.
-    crate::boot::seal_memory(&[
+    let [text, rodata, el2_tables, boot_tree] = boot.hypervisor_memory;
+    crate::integrity::seal(&[
+        text,
+        rodata,
+        el2_tables,
+        boot_tree,
         ("guest stage-2 tables (CPU)", GUEST_STAGE2_TABLES.range()),
         ("guest stage-2 tables (SMMU)", SMMU_STAGE2_TABLES.range()),
     ]);
@@ -236,7 +250,12 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
     // The stage-2 table lives as long as the guest: `enter_guest` never returns, so `map` is
     // never dropped, and VTTBR_EL2 names its root from here on.
     let stack_top = &raw const boot_stack_end as u64;
-    guest::enter_guest(entry, ram.base.get(), stack_top);
+    el2::enter_guest(
+        entry,
+        crate::trap::inject::SPSR_EL1H_MASKED,
+        ram.base.get(),
+        stack_top,
+    );
 }
 
 /// Reads GICR_TYPER of each redistributor in `region` to lay them out.
@@ -273,20 +292,8 @@ impl RedistributorRegisters for GicrMmio {
 }
 
 /// The guest's RD_base frames, answered by [`crate::redistributor`].
-struct GuestRedistributors {
-    layout: Layout,
-}
-
-static GUEST_REDISTRIBUTORS: spin::Once<GuestRedistributors> = spin::Once::new();
-
-impl MmioHandler for GuestRedistributors {
-    fn read(&self, offset: u64, access: &MmioAccess) -> Result<u64, MmioError> {
-        redistributor::read(&self.layout, &GicrMmio, offset, access.size())
-    }
-    fn write(&self, offset: u64, access: &MmioAccess, value: u64) -> Result<(), MmioError> {
-        redistributor::write(&self.layout, &GicrMmio, offset, access.size(), value)
-    }
-}
+static GUEST_REDISTRIBUTORS: spin::Once<spin::Mutex<GuestRedistributors<GicrMmio>>> =
+    spin::Once::new();
 
 /// Writes the guest's device tree at the start of guest RAM; returns its size.
 fn write_guest_tree(boot: &GuestBoot<'_>) -> usize {
@@ -377,14 +384,14 @@ fn confine_guest_devices(guest_platform: &GuestPlatform<'_>, discovered: &board:
         streams.first,
         streams.last,
         root,
-        smmu::Vmid(guest::GUEST_VMID),
+        smmu::Vmid(GUEST_VMID),
     ) {
         Ok(count) => defmt::info!(
             "SMMU: {=u32} guest streams {=u32:#x} to {=u32:#x} translate through stage 2 (guest RAM only, VMID {=u16})",
             count,
             streams.first.get(),
             streams.last.get(),
-            guest::GUEST_VMID
+            GUEST_VMID
         ),
         Err(error) => {
             defmt::error!("SMMU: confining guest streams: {}", error);

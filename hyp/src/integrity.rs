@@ -79,6 +79,64 @@ impl Fingerprints {
     }
 }
 
+#[cfg(target_os = "none")]
+pub use self::hardware::{check, seal};
+
+/// The hypervisor's own fingerprints, over its memory (target only).
+#[cfg(target_os = "none")]
+mod hardware {
+    use super::Fingerprints;
+    use smmu::PhysRange;
+
+    static FINGERPRINTS: spin::Once<Fingerprints> = spin::Once::new();
+
+    fn read_word(address: u64) -> u64 {
+        // SAFETY: only called on the regions `seal` records, each mapped at EL2 for the whole
+        // run (image code and read-only data, the table pools in the image's bss, the boot
+        // device tree); an aligned 64-bit volatile load has no other effect.
+        unsafe { core::ptr::read_volatile(address as *const u64) }
+    }
+
+    /// Fingerprints `regions`, which nothing may change from now on. Called once, right
+    /// before the guest runs.
+    pub fn seal(regions: &[(&'static str, PhysRange)]) {
+        let mut prints = Fingerprints::new();
+        for &(name, range) in regions {
+            if !prints.record(name, range, &read_word) {
+                defmt::error!("integrity: no room to fingerprint {=str}", name);
+            }
+        }
+        for (name, range) in prints.regions() {
+            defmt::debug!("integrity: fingerprinted {=str} {}", name, range);
+        }
+        FINGERPRINTS.call_once(|| prints);
+    }
+
+    /// Checks every fingerprinted region; logs each one that changed. `false` means hypervisor
+    /// memory was written by someone who should not have.
+    pub fn check() -> bool {
+        let Some(prints) = FINGERPRINTS.get() else {
+            return true;
+        };
+        let mut intact = true;
+        for (name, range) in prints.changed(&read_word) {
+            defmt::error!(
+                "hypervisor memory check: {=str} {} was modified",
+                name,
+                range
+            );
+            intact = false;
+        }
+        if intact {
+            defmt::info!(
+                "hypervisor memory check: {=usize} regions intact (code, read-only data, EL2 and stage-2 tables, boot device tree)",
+                prints.regions().count()
+            );
+        }
+        intact
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::cast_possible_truncation)]
 mod tests {

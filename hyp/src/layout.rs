@@ -10,6 +10,9 @@
 //!   through explicit, checked windows (the device tree it boots from is mapped read-only), so a
 //!   stray pointer faults instead of corrupting a guest.
 //! - **No overlap**: two regions never share a page, so no address has two sets of attributes.
+//! - **Guarded stacks**: the lowest page of every EL2 stack is left unmapped, so a stack that
+//!   overflows takes a data abort (reported, the run stops) instead of silently writing the
+//!   statics below it.
 
 use crate::page_pool::PagePool;
 use aarch64_paging::{
@@ -21,6 +24,13 @@ use smmu::PhysRange;
 
 /// The translation granule.
 pub const PAGE_SIZE: u64 = 4096;
+
+/// The hypervisor's carve-out at the start of RAM: the boot device tree, the image and its
+/// pools (see `hyp/build.rs`). Guest RAM starts right after it.
+pub const HYPERVISOR_CARVE_OUT: u64 = 32 << 20;
+
+/// The guest boot window's size: the guest's device tree goes there.
+pub const GUEST_BOOT_WINDOW_SIZE: u64 = 2 << 20;
 
 /// Root level of the EL2 table: with the 4 KiB granule and T0SZ = 25 (512 GiB of VA, what
 /// `aarch64-rt` programs into TCR_EL2), the walk starts at level 1. 512 GiB reaches QEMU virt's
@@ -119,6 +129,9 @@ pub enum LayoutError {
     Empty(&'static str),
     /// A region runs past the end of the address space or past what the EL2 table covers.
     OutOfRange(&'static str),
+    /// A stack guard page is not a page of the image's writable region, or there are more
+    /// than [`MAX_GUARDS`].
+    BadGuard,
     /// A code or data section does not start on a page boundary (a linker-script bug: it would
     /// make two kinds of data share a page).
     Misaligned(&'static str),
@@ -134,7 +147,10 @@ pub enum LayoutError {
 pub const GUEST_BOOT_WINDOW: &str = "guest boot window";
 
 /// The most regions the map can hold.
-pub const MAX_REGIONS: usize = 12;
+pub const MAX_REGIONS: usize = 24;
+
+/// The most stack guard pages.
+pub const MAX_GUARDS: usize = 10;
 
 /// The list of regions, checked.
 pub type Regions = heapless::Vec<Region, MAX_REGIONS>;
@@ -144,12 +160,18 @@ pub type Regions = heapless::Vec<Region, MAX_REGIONS>;
 /// Image sections must already be page-aligned (the linker script guarantees it); device and
 /// device-tree windows are widened to whole pages, since a device smaller than a page still
 /// occupies one for the MMU.
-pub fn el2_regions(image: &ImageLayout, windows: &PlatformWindows) -> Result<Regions, LayoutError> {
+///
+/// `guards` are pages of the image's writable region left unmapped: the lowest page of each
+/// EL2 stack.
+pub fn el2_regions(
+    image: &ImageLayout,
+    windows: &PlatformWindows,
+    guards: &[PhysRange],
+) -> Result<Regions, LayoutError> {
     let mut regions = Regions::new();
     let image_regions = [
         ("text", image.text, RegionKind::Code),
         ("rodata", image.rodata, RegionKind::ReadOnly),
-        ("data", image.writable, RegionKind::ReadWrite),
     ];
     for (name, range, kind) in image_regions {
         if !range.base.is_aligned(PAGE_SIZE) {
@@ -157,6 +179,10 @@ pub fn el2_regions(image: &ImageLayout, windows: &PlatformWindows) -> Result<Reg
         }
         push(&mut regions, name, range, kind)?;
     }
+    if !image.writable.base.is_aligned(PAGE_SIZE) {
+        return Err(LayoutError::Misaligned("data"));
+    }
+    push_guarded(&mut regions, image.writable, guards)?;
     let window_regions = [
         ("log UART", windows.log_uart, RegionKind::Device),
         ("SMMU", windows.smmu, RegionKind::Device),
@@ -191,6 +217,42 @@ pub fn el2_regions(image: &ImageLayout, windows: &PlatformWindows) -> Result<Reg
         }
     }
     Ok(regions)
+}
+
+/// Adds the image's writable region as read-write pieces around the guard pages.
+fn push_guarded(
+    regions: &mut Regions,
+    writable: PhysRange,
+    guards: &[PhysRange],
+) -> Result<(), LayoutError> {
+    let mut sorted: heapless::Vec<PhysRange, MAX_GUARDS> =
+        heapless::Vec::from_slice(guards).map_err(|_| LayoutError::BadGuard)?;
+    sorted.sort_unstable_by_key(|guard| guard.base.get());
+    let mut start = writable.base.get();
+    for guard in &sorted {
+        let inside = guard.base.get() >= start && guard.end() <= writable.end();
+        if !inside || guard.size != PAGE_SIZE || !guard.base.is_aligned(PAGE_SIZE) {
+            return Err(LayoutError::BadGuard);
+        }
+        if guard.base.get() > start {
+            push(
+                regions,
+                "data",
+                PhysRange::new(start, guard.base.get() - start),
+                RegionKind::ReadWrite,
+            )?;
+        }
+        start = guard.end();
+    }
+    if writable.end() > start {
+        push(
+            regions,
+            "data",
+            PhysRange::new(start, writable.end() - start),
+            RegionKind::ReadWrite,
+        )?;
+    }
+    Ok(())
 }
 
 /// Adds `range`, widened to whole pages, after checking it is non-empty and mappable.
@@ -296,8 +358,38 @@ mod tests {
     }
 
     #[test]
+    fn stack_guard_pages_are_left_unmapped_and_the_rest_of_the_data_is_not() {
+        let guards = [
+            PhysRange::new(0x4024_0000, 0x1000),
+            PhysRange::new(0x4023_0000, 0x1000),
+        ];
+        let regions = el2_regions(&image(), &windows(), &guards).unwrap();
+        let map = build_map(pool(16), &regions).unwrap();
+        for guard in guards {
+            assert_eq!(lookup(&map, guard.base.get()), None, "{guard:?}");
+        }
+        let rw = RegionKind::ReadWrite.attributes();
+        for addr in [0x4023_1000, 0x4023_ffff, 0x4024_1000, 0x402a_ffff] {
+            let got = lookup(&map, addr).map(|a| a & !El23Attributes::TABLE_OR_PAGE);
+            assert_eq!(got, Some(rw), "{addr:#x}");
+        }
+        // A guard outside the writable region, or not a page, is refused.
+        for bad in [
+            PhysRange::new(0x4020_0000, 0x1000),
+            PhysRange::new(0x4024_0000, 0x2000),
+            PhysRange::new(0x4024_0800, 0x1000),
+        ] {
+            assert_eq!(
+                el2_regions(&image(), &windows(), &[bad]),
+                Err(LayoutError::BadGuard),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn every_region_gets_the_attributes_of_its_kind_and_nothing_else_is_mapped() {
-        let regions = el2_regions(&image(), &windows()).unwrap();
+        let regions = el2_regions(&image(), &windows(), &[]).unwrap();
         let map = build_map(pool(16), &regions).unwrap();
         for region in &regions {
             let attributes = region.kind.attributes();
@@ -324,7 +416,7 @@ mod tests {
 
     #[test]
     fn no_region_is_both_writable_and_executable() {
-        let regions = el2_regions(&image(), &windows()).unwrap();
+        let regions = el2_regions(&image(), &windows(), &[]).unwrap();
         for region in &regions {
             let attributes = region.kind.attributes();
             let writable = !attributes.contains(El23Attributes::READ_ONLY);
@@ -346,7 +438,7 @@ mod tests {
 
     #[test]
     fn a_partial_page_window_is_widened_to_whole_pages() {
-        let regions = el2_regions(&image(), &windows()).unwrap();
+        let regions = el2_regions(&image(), &windows(), &[]).unwrap();
         let dt = regions.iter().find(|r| r.name == "device tree").unwrap();
         assert_eq!(dt.range, PhysRange::new(0x4000_0000, 0x1_3000));
         assert_eq!(dt.kind, RegionKind::ReadOnly);
@@ -357,13 +449,13 @@ mod tests {
         let mut windows = windows();
         windows.device_tree = PhysRange::new(0x4020_1000, 0x1000);
         assert_eq!(
-            el2_regions(&image(), &windows),
+            el2_regions(&image(), &windows, &[]),
             Err(LayoutError::Overlap("text", "device tree"))
         );
         let mut windows = self::windows();
         windows.smmu = PhysRange::new(0x0904_0800, 0x1000);
         assert_eq!(
-            el2_regions(&image(), &windows),
+            el2_regions(&image(), &windows, &[]),
             Err(LayoutError::Overlap("log UART", "SMMU"))
         );
     }
@@ -373,29 +465,32 @@ mod tests {
         let mut bad = image();
         bad.rodata.base = smmu::PhysAddr(0x4022_0800);
         assert_eq!(
-            el2_regions(&bad, &windows()),
+            el2_regions(&bad, &windows(), &[]),
             Err(LayoutError::Misaligned("rodata"))
         );
         let mut w = windows();
         w.smmu.size = 0;
-        assert_eq!(el2_regions(&image(), &w), Err(LayoutError::Empty("SMMU")));
+        assert_eq!(
+            el2_regions(&image(), &w, &[]),
+            Err(LayoutError::Empty("SMMU"))
+        );
         let mut w = windows();
         w.gic_redistributor = PhysRange::new(VA_LIMIT - 0x1000, 0x2000);
         assert_eq!(
-            el2_regions(&image(), &w),
+            el2_regions(&image(), &w, &[]),
             Err(LayoutError::OutOfRange("GIC redistributor"))
         );
         let mut w = windows();
         w.log_uart = PhysRange::new(u64::MAX - 10, 100);
         assert_eq!(
-            el2_regions(&image(), &w),
+            el2_regions(&image(), &w, &[]),
             Err(LayoutError::OutOfRange("log UART"))
         );
     }
 
     #[test]
     fn the_map_fits_in_a_small_fixed_pool() {
-        let regions = el2_regions(&image(), &windows()).unwrap();
+        let regions = el2_regions(&image(), &windows(), &[]).unwrap();
         // One root plus level-2 and level-3 tables for each cluster of regions.
         let map = build_map(pool(8), &regions).unwrap();
         assert!(map.translation().used() <= 8);

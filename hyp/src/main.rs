@@ -33,7 +33,8 @@ mod image {
         InitialPagetable(table)
     });
 
-    entry!(start, 16);
+    // 32 pages (128 KiB), the lowest of which is an unmapped guard once the EL2 map is on.
+    entry!(start, 32);
 
     fn start(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         hyp::boot::primary_main(x0)

@@ -7,7 +7,9 @@
 //! *caller's* exception level, EL2, at the guest's chosen address: it is emulated as a standby
 //! (a WFI, then success, which the specification allows for any requested state);
 //! `SYSTEM_OFF` and `SYSTEM_RESET` end the run, after the hypervisor has reported. Anything
-//! else returns `NOT_SUPPORTED`, as SMCCC requires for an unknown function.
+//! else returns `NOT_SUPPORTED`, as SMCCC requires for an unknown function, except the
+//! hypervisor's two benchmark calls ([`function::BENCH_FLOOR_EMPTY`],
+//! [`function::BENCH_FLOOR_SAVE_ALL`]), which it answers only in benchmark mode.
 
 /// SMCCC return value for an unknown function.
 pub const NOT_SUPPORTED: u64 = -1i64 as u64;
@@ -46,6 +48,12 @@ pub mod function {
     pub const SMCCC_VERSION: u32 = 0x8000_0000;
     /// SMCCC_ARCH_FEATURES.
     pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
+    /// The hypervisor's own (vendor-specific hypervisor service, SMC64): in benchmark mode,
+    /// switch this CPU to the floor vectors that only check the syndrome and return, until an
+    /// `HVC #1`.
+    pub const BENCH_FLOOR_EMPTY: u32 = 0xc600_0f10;
+    /// As [`BENCH_FLOOR_EMPTY`], with vectors that also save and restore all 31 registers.
+    pub const BENCH_FLOOR_SAVE_ALL: u32 = 0xc600_0f11;
 }
 
 /// What to do with a guest's SMC or HVC.
@@ -69,34 +77,61 @@ pub enum GuestCall {
     SystemOff,
     /// Reset the system: the run ends as the guest asked.
     SystemReset,
+    /// Benchmark mode only: measure the trap floor with the floor vectors.
+    BenchFloor {
+        /// The vectors save and restore all 31 registers (otherwise they only check ESR).
+        save_all: bool,
+    },
     /// A function the hypervisor does not offer: return `NOT_SUPPORTED`.
     NotSupported,
 }
 
 /// Decides what a call with function ID `x0` and arguments `x1..x3` is.
 #[must_use]
+#[inline]
 pub fn decode(x0: u64, x1: u64, x2: u64, x3: u64) -> GuestCall {
-    use function::*;
+    use function::BENCH_FLOOR_SAVE_ALL;
     // SMCCC: bits 63:32 of the function ID must be zero for a valid call.
     let Ok(id) = u32::try_from(x0) else {
         return GuestCall::NotSupported;
     };
-    match id {
-        VERSION | CPU_SUSPEND_32 | CPU_SUSPEND_64 | CPU_OFF | AFFINITY_INFO_32
-        | AFFINITY_INFO_64 | MIGRATE_INFO_TYPE | FEATURES | SMCCC_VERSION => GuestCall::Forward,
-        CPU_ON_32 => GuestCall::CpuOn {
+    // Fast calls only (bit 31); then by owning entity (bits 29:24): the Arm architecture
+    // calls, the standard secure service (PSCI) and the hypervisor's own service have something
+    // to offer, the rest is refused without looking further.
+    let smc64 = id & 1 << 30 != 0;
+    match (id & 1 << 31 != 0, (id >> 24) & 0x3f, id & 0xff_ffff) {
+        (true, 4, number @ 0..=0x1f) => psci(number, smc64, x1, x2, x3),
+        (true, 0, 0) if !smc64 => GuestCall::Forward, // SMCCC_VERSION
+        (true, 6, 0xf10 | 0xf11) if smc64 => GuestCall::BenchFloor {
+            save_all: id == BENCH_FLOOR_SAVE_ALL,
+        },
+        // SMCCC_ARCH_FEATURES would advertise firmware workarounds the hypervisor has not vetted.
+        _ => GuestCall::NotSupported,
+    }
+}
+
+/// PSCI function `number`, in its SMC32 or SMC64 form.
+#[inline]
+fn psci(number: u32, smc64: bool, x1: u64, x2: u64, x3: u64) -> GuestCall {
+    match (number, smc64) {
+        // VERSION, CPU_OFF, AFFINITY_INFO, MIGRATE_INFO_TYPE, FEATURES: questions, or about
+        // the calling CPU alone.
+        (0x0 | 0x2 | 0x6 | 0xa, false) | (0x4, _) => GuestCall::Forward,
+        // CPU_SUSPEND, never forwarded: firmware would resume a powered-down CPU at EL2, at the
+        // guest's chosen entry point.
+        (0x1, _) => GuestCall::CpuSuspend,
+        (0x3, false) => GuestCall::CpuOn {
             target: x1 & 0xffff_ffff,
             entry: x2 & 0xffff_ffff,
             context: x3 & 0xffff_ffff,
         },
-        CPU_ON_64 => GuestCall::CpuOn {
+        (0x3, true) => GuestCall::CpuOn {
             target: x1,
             entry: x2,
             context: x3,
         },
-        SYSTEM_OFF => GuestCall::SystemOff,
-        SYSTEM_RESET => GuestCall::SystemReset,
-        // SMCCC_ARCH_FEATURES would advertise firmware workarounds the hypervisor has not vetted.
+        (0x8, false) => GuestCall::SystemOff,
+        (0x9, false) => GuestCall::SystemReset,
         _ => GuestCall::NotSupported,
     }
 }
@@ -153,6 +188,48 @@ mod tests {
             decode(u64::from(function::SMCCC_ARCH_FEATURES), 0x8000_7fff, 0, 0),
             GuestCall::NotSupported
         );
+        // CPU_SUSPEND is emulated: firmware would resume a powered-down CPU at EL2.
+        for suspend in [function::CPU_SUSPEND_32, function::CPU_SUSPEND_64] {
+            assert_eq!(
+                decode(u64::from(suspend), 1 << 16, 0x4020_0000, 0),
+                GuestCall::CpuSuspend
+            );
+        }
+        // Another owner's call (a trusted OS, say) is refused, not forwarded; so are PSCI
+        // functions in the width they do not have, and yielding (non-fast) calls.
+        for refused in [
+            0xb200_0000,
+            0xc400_0000,
+            0xc400_0008,
+            0x0400_0000,
+            0x8000_0001,
+        ] {
+            assert_eq!(
+                decode(refused, 0, 0, 0),
+                GuestCall::NotSupported,
+                "{refused:#x}"
+            );
+        }
+        // Every function the hypervisor knows, decoded as the table in `function` names it.
+        use function::*;
+        for (id, call) in [
+            (VERSION, GuestCall::Forward),
+            (CPU_OFF, GuestCall::Forward),
+            (AFFINITY_INFO_32, GuestCall::Forward),
+            (AFFINITY_INFO_64, GuestCall::Forward),
+            (MIGRATE_INFO_TYPE, GuestCall::Forward),
+            (FEATURES, GuestCall::Forward),
+            (SMCCC_VERSION, GuestCall::Forward),
+            (SYSTEM_OFF, GuestCall::SystemOff),
+            (SYSTEM_RESET, GuestCall::SystemReset),
+            (BENCH_FLOOR_EMPTY, GuestCall::BenchFloor { save_all: false }),
+            (
+                BENCH_FLOOR_SAVE_ALL,
+                GuestCall::BenchFloor { save_all: true },
+            ),
+        ] {
+            assert_eq!(decode(u64::from(id), 0, 0, 0), call, "{id:#x}");
+        }
         // A function ID with upper bits set is not a valid SMCCC call.
         assert_eq!(decode(0x1_8400_0000, 0, 0, 0), GuestCall::NotSupported);
     }

@@ -16,7 +16,7 @@
 //! Policy only: the hardware is reached through [`RedistributorRegisters`], which the
 //! hypervisor implements over MMIO and tests implement over a fake.
 
-use crate::mmio::MmioError;
+use nested::{AccessWidth, MmioDevice, MmioError, MmioOffset, VcpuId};
 use smmu::PhysRange;
 
 /// One 64 KiB frame of a redistributor.
@@ -135,13 +135,20 @@ impl Layout {
 }
 
 /// The access widths the GICv3 allows for RD_base: 32-bit registers as words, 64-bit ones as
-/// doublewords or as either word half.
+/// doublewords or as either word half; anything else is an external abort.
 fn check_width(register_offset: u64, size: u8) -> Result<(), MmioError> {
-    let aligned = register_offset.is_multiple_of(u64::from(size));
-    if aligned && matches!(size, 4 | 8) {
+    if !matches!(size, 4 | 8) {
+        let width = if size == 1 {
+            AccessWidth::Bits8
+        } else {
+            AccessWidth::Bits16
+        };
+        return Err(MmioError::UnsupportedWidth(width));
+    }
+    if register_offset.is_multiple_of(u64::from(size)) {
         Ok(())
     } else {
-        Err(MmioError::Unsupported)
+        Err(MmioError::Unaligned(MmioOffset(register_offset)))
     }
 }
 
@@ -149,15 +156,17 @@ fn check_width(register_offset: u64, size: u8) -> Result<(), MmioError> {
 ///
 /// # Errors
 ///
-/// [`MmioError::Unsupported`] (an external abort for the guest) for an access outside the
-/// RD_base frames, or of a width the architecture does not allow.
+/// An [`MmioError`] whose outcome is an external abort for an access outside the RD_base
+/// frames, or of a width or alignment the architecture does not allow.
 pub fn read(
     layout: &Layout,
     hardware: &impl RedistributorRegisters,
     offset: u64,
     size: u8,
 ) -> Result<u64, MmioError> {
-    let (frame, within) = layout.rd_base(offset).ok_or(MmioError::Unsupported)?;
+    let (frame, within) = layout
+        .rd_base(offset)
+        .ok_or(MmioError::OutsideWindow(MmioOffset(offset)))?;
     check_width(within, size)?;
     let value = match (within, size) {
         (offset::CTLR, 4) => u64::from(hardware.read32(frame + offset::CTLR) & !ENABLE_LPIS),
@@ -186,7 +195,9 @@ pub fn write(
     size: u8,
     value: u64,
 ) -> Result<(), MmioError> {
-    let (frame, within) = layout.rd_base(offset).ok_or(MmioError::Unsupported)?;
+    let (frame, within) = layout
+        .rd_base(offset)
+        .ok_or(MmioError::OutsideWindow(MmioOffset(offset)))?;
     check_width(within, size)?;
     #[allow(
         clippy::cast_possible_truncation,
@@ -205,6 +216,51 @@ pub fn write(
 
 fn hide_lpis(typer: u64) -> u64 {
     typer & !(typer::PLPIS | typer::DIRECT_LPI)
+}
+
+/// The guest's view of the redistributor region, as a virtual device over `hardware`.
+#[derive(Debug)]
+pub struct GuestRedistributors<H> {
+    layout: Layout,
+    hardware: H,
+}
+
+impl<H: RedistributorRegisters> GuestRedistributors<H> {
+    /// The region laid out as `layout`, reaching the hardware through `hardware`.
+    pub const fn new(layout: Layout, hardware: H) -> Self {
+        Self { layout, hardware }
+    }
+}
+
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "an access is at most 8 bytes"
+)]
+impl<H: RedistributorRegisters> MmioDevice for GuestRedistributors<H> {
+    fn mmio_read(
+        &mut self,
+        offset: MmioOffset,
+        width: AccessWidth,
+        _vcpu: VcpuId,
+    ) -> Result<u64, MmioError> {
+        read(&self.layout, &self.hardware, offset.0, width.bytes() as u8)
+    }
+
+    fn mmio_write(
+        &mut self,
+        offset: MmioOffset,
+        width: AccessWidth,
+        value: u64,
+        _vcpu: VcpuId,
+    ) -> Result<(), MmioError> {
+        write(
+            &self.layout,
+            &self.hardware,
+            offset.0,
+            width.bytes() as u8,
+            value,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -356,14 +412,16 @@ mod tests {
             (0x2, 4),      // misaligned
             (0x4, 8),      // a doubleword across two registers
         ] {
+            let read = read(&layout, &fake, offset, size);
             assert_eq!(
-                read(&layout, &fake, offset, size),
-                Err(MmioError::Unsupported),
+                read.map_err(MmioError::outcome),
+                Err(nested::MmioOutcome::ExternalAbort),
                 "read {offset:#x}/{size}"
             );
+            let write = write(&layout, &fake, offset, size, 0);
             assert_eq!(
-                write(&layout, &fake, offset, size, 0),
-                Err(MmioError::Unsupported),
+                write.map_err(MmioError::outcome),
+                Err(nested::MmioOutcome::ExternalAbort),
                 "write {offset:#x}/{size}"
             );
         }

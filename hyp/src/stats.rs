@@ -42,27 +42,77 @@ impl ExitReason {
     ];
 }
 
-static COUNTS: [AtomicU64; ExitReason::ALL.len()] =
-    [const { AtomicU64::new(0) }; ExitReason::ALL.len()];
-
 /// Exits of one reason logged in full; later ones are only counted, so that a guest repeating
 /// a bad access cannot flood the hypervisor's log (or slow every trap by the log's cost).
 pub const LOGGED_PER_REASON: u64 = 16;
 
-/// Counts one exit; returns whether it is among the first [`LOGGED_PER_REASON`] of its kind
-/// (and so worth a log line).
-pub fn count(reason: ExitReason) -> bool {
-    COUNTS
-        .get(reason as usize)
-        .is_some_and(|counter| counter.fetch_add(1, Ordering::Relaxed) < LOGGED_PER_REASON)
+/// Every counter: exits by reason and guest-caused log lines by kind.
+#[derive(Debug)]
+pub struct Counters {
+    exits: [AtomicU64; ExitReason::ALL.len()],
+    noise: [AtomicU64; GuestNoise::ALL.len()],
 }
 
-/// The count for `reason`.
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Counters {
+    /// All zero.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            exits: [const { AtomicU64::new(0) }; ExitReason::ALL.len()],
+            noise: [const { AtomicU64::new(0) }; GuestNoise::ALL.len()],
+        }
+    }
+
+    /// Counts one exit; returns whether it is among the first [`LOGGED_PER_REASON`] of its
+    /// kind (and so worth a log line).
+    pub fn count(&self, reason: ExitReason) -> bool {
+        self.exits
+            .get(reason as usize)
+            .is_some_and(|counter| counter.fetch_add(1, Ordering::Relaxed) < LOGGED_PER_REASON)
+    }
+
+    /// The count for `reason`.
+    #[must_use]
+    pub fn get(&self, reason: ExitReason) -> u64 {
+        self.exits
+            .get(reason as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Counts one occurrence of `kind`; returns whether it may still be logged.
+    pub fn noise(&self, kind: GuestNoise) -> bool {
+        self.noise
+            .get(kind as usize)
+            .is_some_and(|counter| counter.fetch_add(1, Ordering::Relaxed) < LOGGED_PER_REASON)
+    }
+
+    /// How many times `kind` happened.
+    #[must_use]
+    pub fn noise_count(&self, kind: GuestNoise) -> u64 {
+        self.noise
+            .get(kind as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// The hypervisor's counters.
+pub static COUNTERS: Counters = Counters::new();
+
+/// Counts one exit in [`COUNTERS`]; see [`Counters::count`].
+pub fn count(reason: ExitReason) -> bool {
+    COUNTERS.count(reason)
+}
+
+/// The count for `reason` in [`COUNTERS`].
 #[must_use]
 pub fn get(reason: ExitReason) -> u64 {
-    COUNTS
-        .get(reason as usize)
-        .map_or(0, |c| c.load(Ordering::Relaxed))
+    COUNTERS.get(reason)
 }
 
 /// Kinds of log line a guest can cause other than by an exit (those are [`ExitReason`]s): each
@@ -94,22 +144,15 @@ impl GuestNoise {
     ];
 }
 
-static NOISE: [AtomicU64; GuestNoise::ALL.len()] =
-    [const { AtomicU64::new(0) }; GuestNoise::ALL.len()];
-
-/// Counts one occurrence of `kind`; returns whether it may still be logged.
+/// Counts one occurrence of `kind` in [`COUNTERS`]; see [`Counters::noise`].
 pub fn noise(kind: GuestNoise) -> bool {
-    NOISE
-        .get(kind as usize)
-        .is_some_and(|counter| counter.fetch_add(1, Ordering::Relaxed) < LOGGED_PER_REASON)
+    COUNTERS.noise(kind)
 }
 
-/// How many times `kind` happened.
+/// How many times `kind` happened, in [`COUNTERS`].
 #[must_use]
 pub fn noise_count(kind: GuestNoise) -> u64 {
-    NOISE
-        .get(kind as usize)
-        .map_or(0, |c| c.load(Ordering::Relaxed))
+    COUNTERS.noise_count(kind)
 }
 
 #[cfg(test)]

@@ -38,6 +38,15 @@ pub fn counter() -> (u64, u64) {
     (count, frequency)
 }
 
+/// The physical counter (CNTPCT_EL0), unordered: for rate limits, not for measurements.
+#[must_use]
+pub fn counter_now() -> u64 {
+    let count: u64;
+    // SAFETY: reading the generic timer's counter has no side effects.
+    unsafe { asm!("mrs {}, cntpct_el0", out(reg) count, options(nomem, nostack, preserves_flags)) };
+    count
+}
+
 /// Masks IRQ, FIQ, SError and debug exceptions and returns the previous DAIF.
 #[must_use]
 pub fn mask_interrupts() -> u64 {

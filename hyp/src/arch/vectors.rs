@@ -1,78 +1,26 @@
-//! The EL2 exception vector table and the frame it saves.
+//! The EL2 exception vector tables.
 //!
-//! Every vector saves the complete general-purpose register file plus ELR/SPSR/ESR/FAR into a
-//! [`TrapFrame`] on the current stack and calls [`handle_exception`]. Saving all 31 registers
-//! (not just the caller-saved ones) is what later lets a trap handler read and write any guest
-//! register named by a syndrome, e.g. the transfer register of an MMIO access.
+//! The hypervisor's table saves the complete general-purpose register file plus
+//! ELR/SPSR/ESR/FAR into a [`crate::trap::frame::TrapFrame`] on the current stack and calls
+//! `hyp_handle_exception` (defined by `crate::entry`) with the frame and the vector's index;
+//! it restores the frame and returns with `eret`. Nothing else happens in assembly. Saving all
+//! 31 registers (not just the caller-saved ones) is what lets a trap handler read and write any
+//! guest register a syndrome names, e.g. the transfer register of an MMIO access.
+//!
+//! Two more tables exist for benchmark mode only: the trap *floor*. Their lower-EL synchronous
+//! vector answers an `HVC #0` with the least possible work (the "empty" table checks the
+//! syndrome and returns; the "save all" table also saves and restores x0-x30), so the cost of
+//! a real trap can be reported beside the cost of no work at all. `HVC #N` with N != 0 switches
+//! back to the hypervisor's table; any other exception switches back and is handled as usual.
 
-use super::power::{ExitStatus, exit};
-use crate::exception::{DataAbort, ExceptionClass};
+use crate::trap::frame::FRAME_WORDS;
 use core::arch::global_asm;
-
-/// The registers saved on exception entry, in the order the assembly stores them.
-#[derive(Debug)]
-#[repr(C)]
-pub struct TrapFrame {
-    /// x0 to x30.
-    pub registers: [u64; 31],
-    /// ELR_EL2: where `eret` returns to.
-    pub elr: u64,
-    /// SPSR_EL2: the state `eret` restores.
-    pub spsr: u64,
-    /// ESR_EL2: the syndrome.
-    pub esr: u64,
-    /// FAR_EL2: the faulting virtual address, when the syndrome says it is valid.
-    pub far: u64,
-    /// Keeps the frame a multiple of 16 bytes, as SP must stay aligned.
-    _padding: u64,
-}
-
-const _: () = assert!(size_of::<TrapFrame>() == 36 * 8);
-
-/// Which of the sixteen vectors was taken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
-pub enum VectorKind {
-    /// Synchronous, from EL2 itself.
-    SyncCurrent,
-    /// IRQ, from EL2.
-    IrqCurrent,
-    /// FIQ, from EL2.
-    FiqCurrent,
-    /// SError, from EL2.
-    SErrorCurrent,
-    /// Synchronous, from a lower EL (a guest).
-    SyncLower,
-    /// IRQ, from a lower EL.
-    IrqLower,
-    /// FIQ, from a lower EL.
-    FiqLower,
-    /// SError, from a lower EL.
-    SErrorLower,
-    /// Any vector from EL2 using SP_EL0, or from AArch32: never expected.
-    Unsupported,
-}
-
-impl VectorKind {
-    fn from_index(index: u64) -> Self {
-        match index {
-            4 => Self::SyncCurrent,
-            5 => Self::IrqCurrent,
-            6 => Self::FiqCurrent,
-            7 => Self::SErrorCurrent,
-            8 => Self::SyncLower,
-            9 => Self::IrqLower,
-            10 => Self::FiqLower,
-            11 => Self::SErrorLower,
-            _ => Self::Unsupported,
-        }
-    }
-}
 
 global_asm!(
     r#"
 .macro hyp_vector index
     .balign 0x80
-    sub sp, sp, #(36 * 8)
+    sub sp, sp, #({frame_bytes})
     stp x0, x1, [sp, #(0 * 8)]
     mov x1, #\index
     b hyp_exception_common
@@ -142,82 +90,172 @@ hyp_exception_common:
     ldp x26, x27, [sp, #(26 * 8)]
     ldp x28, x29, [sp, #(28 * 8)]
     ldr x30, [sp, #(30 * 8)]
-    add sp, sp, #(36 * 8)
+    add sp, sp, #({frame_bytes})
     eret
-"#
+
+// The floor tables: every vector but the lower-EL synchronous one is the hypervisor's own.
+.macro floor_forward index
+    .balign 0x80
+    b hyp_vector_table + \index * 0x80
+.endm
+
+.balign 0x800
+.global hyp_floor_vectors_empty
+hyp_floor_vectors_empty:
+    floor_forward 0
+    floor_forward 1
+    floor_forward 2
+    floor_forward 3
+    floor_forward 4
+    floor_forward 5
+    floor_forward 6
+    floor_forward 7
+    .balign 0x80
+    stp x0, x1, [sp, #-16]!
+    mrs x0, esr_el2
+    lsr x1, x0, #26
+    cmp x1, #0x16
+    b.ne hyp_floor_leave_and_forward
+    tst x0, #0xffff
+    b.ne hyp_floor_leave
+    ldp x0, x1, [sp], #16
+    eret
+    floor_forward 9
+    floor_forward 10
+    floor_forward 11
+    floor_forward 12
+    floor_forward 13
+    floor_forward 14
+    floor_forward 15
+
+.balign 0x800
+.global hyp_floor_vectors_save_all
+hyp_floor_vectors_save_all:
+    floor_forward 0
+    floor_forward 1
+    floor_forward 2
+    floor_forward 3
+    floor_forward 4
+    floor_forward 5
+    floor_forward 6
+    floor_forward 7
+    .balign 0x80
+    b hyp_floor_save_all
+    floor_forward 9
+    floor_forward 10
+    floor_forward 11
+    floor_forward 12
+    floor_forward 13
+    floor_forward 14
+    floor_forward 15
+
+hyp_floor_save_all:
+    sub sp, sp, #(32 * 8)
+    stp x0, x1, [sp, #(0 * 8)]
+    stp x2, x3, [sp, #(2 * 8)]
+    stp x4, x5, [sp, #(4 * 8)]
+    stp x6, x7, [sp, #(6 * 8)]
+    stp x8, x9, [sp, #(8 * 8)]
+    stp x10, x11, [sp, #(10 * 8)]
+    stp x12, x13, [sp, #(12 * 8)]
+    stp x14, x15, [sp, #(14 * 8)]
+    stp x16, x17, [sp, #(16 * 8)]
+    stp x18, x19, [sp, #(18 * 8)]
+    stp x20, x21, [sp, #(20 * 8)]
+    stp x22, x23, [sp, #(22 * 8)]
+    stp x24, x25, [sp, #(24 * 8)]
+    stp x26, x27, [sp, #(26 * 8)]
+    stp x28, x29, [sp, #(28 * 8)]
+    str x30, [sp, #(30 * 8)]
+    mrs x0, esr_el2
+    lsr x1, x0, #26
+    cmp x1, #0x16
+    b.ne 1f
+    tst x0, #0xffff
+    b.ne 1f
+    ldp x0, x1, [sp, #(0 * 8)]
+    ldp x2, x3, [sp, #(2 * 8)]
+    ldp x4, x5, [sp, #(4 * 8)]
+    ldp x6, x7, [sp, #(6 * 8)]
+    ldp x8, x9, [sp, #(8 * 8)]
+    ldp x10, x11, [sp, #(10 * 8)]
+    ldp x12, x13, [sp, #(12 * 8)]
+    ldp x14, x15, [sp, #(14 * 8)]
+    ldp x16, x17, [sp, #(16 * 8)]
+    ldp x18, x19, [sp, #(18 * 8)]
+    ldp x20, x21, [sp, #(20 * 8)]
+    ldp x22, x23, [sp, #(22 * 8)]
+    ldp x24, x25, [sp, #(24 * 8)]
+    ldp x26, x27, [sp, #(26 * 8)]
+    ldp x28, x29, [sp, #(28 * 8)]
+    ldr x30, [sp, #(30 * 8)]
+    add sp, sp, #(32 * 8)
+    eret
+1:  // Not HVC #0: restore x0/x1 as the empty floor leaves them, then leave the floor.
+    ldp x0, x1, [sp, #(0 * 8)]
+    add sp, sp, #(32 * 8)
+    stp x0, x1, [sp, #-16]!
+    mrs x0, esr_el2
+    lsr x1, x0, #26
+    cmp x1, #0x16
+    b.ne hyp_floor_leave_and_forward
+    // HVC #N, N != 0: fall through.
+
+// HVC #N (N != 0) in a floor table: back to the hypervisor's table, the call answered.
+hyp_floor_leave:
+    adr x0, hyp_vector_table
+    msr vbar_el2, x0
+    isb
+    ldp x0, x1, [sp], #16
+    eret
+
+// Any other exception in a floor table: back to the hypervisor's table, which handles it.
+hyp_floor_leave_and_forward:
+    adr x0, hyp_vector_table
+    msr vbar_el2, x0
+    isb
+    ldp x0, x1, [sp], #16
+    b hyp_vector_table + 8 * 0x80
+"#,
+    frame_bytes = const FRAME_WORDS * 8,
 );
 
 unsafe extern "C" {
-    /// The vector table above; 2 KiB aligned as VBAR_EL2 requires.
+    /// The hypervisor's table; 2 KiB aligned as VBAR_EL2 requires.
     static hyp_vector_table: [u8; 0x800];
+    /// The floor table that only checks the syndrome.
+    static hyp_floor_vectors_empty: [u8; 0x800];
+    /// The floor table that also saves and restores x0-x30.
+    static hyp_floor_vectors_save_all: [u8; 0x800];
 }
 
-/// Points VBAR_EL2 at the hypervisor's vector table.
-pub fn install() {
-    // SAFETY: `hyp_vector_table` is the 2 KiB-aligned table defined above, mapped executable in
-    // every EL2 map the hypervisor uses (it lives in `.text`).
+/// Which vector table this CPU uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    /// The hypervisor's.
+    Hypervisor,
+    /// Benchmark mode: the floor that only checks ESR.
+    FloorEmpty,
+    /// Benchmark mode: the floor that saves and restores all 31 registers.
+    FloorSaveAll,
+}
+
+/// Points VBAR_EL2 at `table`.
+pub fn install(table: Table) {
+    let base = match table {
+        Table::Hypervisor => &raw const hyp_vector_table,
+        Table::FloorEmpty => &raw const hyp_floor_vectors_empty,
+        Table::FloorSaveAll => &raw const hyp_floor_vectors_save_all,
+    };
+    // SAFETY: each table is 2 KiB aligned (defined above) and mapped executable in every EL2
+    // map the hypervisor uses (it lives in `.text`); every vector of a floor table returns to
+    // the guest or hands the exception to the hypervisor's table.
     unsafe {
         core::arch::asm!(
             "msr vbar_el2, {table}",
             "isb",
-            table = in(reg) &raw const hyp_vector_table,
+            table = in(reg) base,
             options(nostack, preserves_flags),
         );
-    }
-}
-
-/// Called by the vectors with the saved frame. Returning resumes at `frame.elr`.
-#[unsafe(no_mangle)]
-extern "C" fn hyp_handle_exception(frame: &mut TrapFrame, index: u64) {
-    let kind = VectorKind::from_index(index);
-    match kind {
-        VectorKind::SyncLower => super::guest::handle_sync_lower(frame),
-        VectorKind::IrqLower | VectorKind::FiqLower | VectorKind::SErrorLower => {
-            super::guest::handle_async_lower()
-        }
-        // Anything taken at EL2 itself is a hypervisor bug: report it fully and stop.
-        _ => {
-            report_unexpected(kind, frame);
-            exit(ExitStatus::UnexpectedException);
-        }
-    }
-}
-
-/// Logs an exception with its decoded syndrome.
-fn report_unexpected(kind: VectorKind, frame: &TrapFrame) {
-    let class = ExceptionClass::from_esr(frame.esr);
-    defmt::error!(
-        "unexpected exception {}: {} ESR={=u64:#010x} FAR={=u64:#x} ELR={=u64:#x} SPSR={=u64:#x}",
-        kind,
-        class,
-        frame.esr,
-        frame.far,
-        frame.elr,
-        frame.spsr
-    );
-    if matches!(
-        class,
-        ExceptionClass::DataAbortCurrent | ExceptionClass::DataAbortLower
-    ) {
-        let abort = DataAbort::from_esr(frame.esr);
-        let access = if abort.write { "write" } else { "read" };
-        if abort.syndrome_valid {
-            defmt::error!(
-                "data abort: {} on {=str} of {=u8} bytes via x{=u8} at {=u64:#x}",
-                abort.status,
-                access,
-                1u8 << abort.access_size_log2,
-                abort.register,
-                frame.far
-            );
-        } else {
-            // ISV=0: the syndrome does not describe the access (size, register).
-            defmt::error!(
-                "data abort: {} on {=str} at {=u64:#x} (ISV=0)",
-                abort.status,
-                access,
-                frame.far
-            );
-        }
     }
 }

@@ -396,6 +396,38 @@ fn run_bench(out: &mut Console) {
         }),
     ];
     let _ = writeln!(out, "BENCH iterations={N}");
+    // The floor: the hypervisor's benchmark-only vectors, which answer HVC #0 with no work at
+    // all (or only saving and restoring x0-x30), measured the same way as the traps below.
+    for (name, function) in [
+        ("floor-empty-vector (checks ESR, ERET)", 0xc600_0f10u64),
+        (
+            "floor-save-all-vector (saves and restores x0-x30)",
+            0xc600_0f11,
+        ),
+    ] {
+        let mut counts = [0u64; 2];
+        for (levels, count) in [Levels::GuestAndHypervisor, Levels::Hypervisor]
+            .into_iter()
+            .zip(counts.iter_mut())
+        {
+            if hvc(function) != 0 {
+                let _ = writeln!(out, "BENCH {name}: not available (benchmark mode off?)");
+                break;
+            }
+            *count = pmu::count(levels, N, || {
+                // SAFETY: HVC #0 under the floor vectors returns at once, registers unchanged.
+                unsafe { asm!("hvc #0", options(nostack)) };
+            });
+            // SAFETY: HVC #1 switches back to the hypervisor's vectors and returns.
+            unsafe { asm!("hvc #1", options(nostack)) };
+        }
+        let _ = writeln!(
+            out,
+            "BENCH {name}: {} instructions per trap, {} of them at EL2",
+            counts[0] / N,
+            counts[1] / N
+        );
+    }
     for (name, case) in cases {
         let total = pmu::count(Levels::GuestAndHypervisor, N, case);
         let el2 = pmu::count(Levels::Hypervisor, N, case);

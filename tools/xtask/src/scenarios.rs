@@ -114,6 +114,22 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         ..DEFAULTS
     },
     Scenario {
+        name: "el2-stack-overflow-is-caught",
+        description: "a hypervisor that recurses until its stack overflows hits the unmapped guard \
+                      page below the stack: the data abort is reported and the run fails with status 2, \
+                      instead of the statics below the stack being silently overwritten",
+        hyp_args: Some("hyp.selftest=el2-stack-overflow"),
+        expect_status: 2,
+        expect_log: &[
+            "self-test: overflowing the boot stack",
+            "unexpected exception SyncCurrent: DataAbortCurrent",
+            "data abort: Translation",
+            "hypervisor exit: status 2",
+        ],
+        forbid_log: &["recursed"],
+        ..DEFAULTS
+    },
+    Scenario {
         guest: ScenarioGuest::None,
         expect_console: &[],
         name: "board-mismatch-stops-boot",

@@ -1,8 +1,9 @@
-//! Decoding of exception syndromes (ESR_EL2), for reports and for trap routing.
+//! Decoding of exception syndromes (ESR_EL2), once per trap: [`Trap::decode`] is the only
+//! place the trap path reads the syndrome's bits, and reports use the same types.
 //!
 //! Pure functions over the raw register values: the vectors in `arch` capture ESR_EL2, FAR_EL2,
-//! ELR_EL2 and HPFAR_EL2, and everything that interprets them lives here, where it is tested on
-//! the host.
+//! ELR_EL2 (and the trap path HPFAR_EL2), and everything that interprets them lives here, where
+//! it is tested on the host.
 
 /// The exception class, ESR_ELx.EC (bits 31:26), for the classes the hypervisor distinguishes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,8 +149,64 @@ impl DataAbort {
 /// The guest-physical (IPA) address of a stage-2 fault: HPFAR_EL2.FIPA (bits 47:4 hold IPA
 /// bits 51:12) joined with the page offset from FAR_EL2.
 #[must_use]
-pub fn fault_ipa(hpfar: u64, far: u64) -> u64 {
-    ((hpfar >> 4) & ((1 << 40) - 1)) << 12 | (far & 0xfff)
+pub fn fault_ipa(hpfar: u64, far: u64) -> smmu::Ipa {
+    smmu::Ipa(((hpfar >> 4) & ((1 << 40) - 1)) << 12 | (far & 0xfff))
+}
+
+/// ESR_ELx.IL: the trapped instruction was 32 bits long (otherwise a 16-bit T32 one, which only
+/// an AArch32 EL0 can run).
+pub const IL: u64 = 1 << 25;
+
+/// The length in bytes of the instruction a syndrome describes: what a handled access steps
+/// ELR over.
+#[must_use]
+pub const fn instruction_length(esr: u64) -> u64 {
+    if esr & IL != 0 { 4 } else { 2 }
+}
+
+/// A trap from a guest, its syndrome decoded once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub enum Trap {
+    /// HVC from AArch64 (ELR already points past it), with its immediate.
+    Hvc {
+        /// The instruction's imm16.
+        immediate: u16,
+    },
+    /// A trapped SMC from AArch64 (ELR points at it), with its immediate.
+    Smc {
+        /// The instruction's imm16.
+        immediate: u16,
+    },
+    /// A stage-2 data abort.
+    DataAbort(DataAbort),
+    /// A stage-2 instruction abort.
+    InstructionAbort,
+    /// Anything else the guest made trap (a trapped system register, an SVE or SME use, ...):
+    /// the guest gets an undefined-instruction exception.
+    Other(ExceptionClass),
+}
+
+impl Trap {
+    /// Decodes the syndrome of an exception taken from a lower exception level.
+    #[must_use]
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "imm16 is masked to 16 bits"
+    )]
+    #[inline]
+    pub fn decode(esr: u64) -> Self {
+        let immediate = (esr & 0xffff) as u16;
+        // The classes the trap path dispatches on, straight from EC; the rest through
+        // `ExceptionClass`, for the log.
+        match (esr >> 26) & 0x3f {
+            0x16 => Self::Hvc { immediate },
+            0x17 => Self::Smc { immediate },
+            0x24 => Self::DataAbort(DataAbort::from_esr(esr)),
+            0x20 => Self::InstructionAbort,
+            _ => Self::Other(ExceptionClass::from_esr(esr)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -211,7 +268,47 @@ mod tests {
 
     #[test]
     fn fault_ipa_joins_hpfar_page_with_far_offset() {
-        assert_eq!(fault_ipa(0x9050 << 4, 0xdead_beef_0000_0abc), 0x0905_0abc);
-        assert_eq!(fault_ipa(u64::MAX, 0), ((1u64 << 40) - 1) << 12);
+        assert_eq!(
+            fault_ipa(0x9050 << 4, 0xdead_beef_0000_0abc),
+            smmu::Ipa(0x0905_0abc)
+        );
+        assert_eq!(fault_ipa(u64::MAX, 0), smmu::Ipa(((1u64 << 40) - 1) << 12));
+    }
+
+    #[test]
+    fn a_trap_is_decoded_into_what_the_handler_dispatches_on() {
+        assert_eq!(
+            Trap::decode(0x16 << 26 | IL | 0x7),
+            Trap::Hvc { immediate: 7 }
+        );
+        assert_eq!(
+            Trap::decode(0x17 << 26 | IL | 0xfff0),
+            Trap::Smc { immediate: 0xfff0 }
+        );
+        assert_eq!(Trap::decode(0x20 << 26 | IL), Trap::InstructionAbort);
+        let store = 0x24 << 26 | IL | 1 << 24 | 3 << 22 | 1 << 6;
+        assert!(matches!(
+            Trap::decode(store),
+            Trap::DataAbort(DataAbort {
+                write: true,
+                access_size_log2: 3,
+                ..
+            })
+        ));
+        assert_eq!(
+            Trap::decode(0x18 << 26 | IL),
+            Trap::Other(ExceptionClass::SystemRegister)
+        );
+        // An abort "taken at the same level" cannot come from a guest: it is not a stage-2 abort.
+        assert_eq!(
+            Trap::decode(0x25 << 26),
+            Trap::Other(ExceptionClass::DataAbortCurrent)
+        );
+    }
+
+    #[test]
+    fn handled_instructions_are_stepped_by_their_length() {
+        assert_eq!(instruction_length(0x24 << 26 | IL), 4);
+        assert_eq!(instruction_length(0x24 << 26), 2);
     }
 }
