@@ -72,6 +72,7 @@ mod translate;
 pub mod walk;
 
 pub use config::{Features, InvalidationTiming, ModelConfig, ReservedFieldPolicy, StallSupport};
+pub use harness::ModelHarness;
 
 pub use memory::{BusError, ModelPlatform, ModelRegion, ModelTables, PhysicalMemory};
 pub use pcie::{

@@ -525,6 +525,18 @@ impl PcieFunction {
         self.with(|_, e| e.config)
     }
 
+    /// The function's configuration now.
+    #[must_use]
+    pub fn function_config(&self) -> FunctionConfig {
+        self.config().unwrap_or(FunctionConfig::EDU_LIKE)
+    }
+
+    /// Changes the function's configuration (a device turning a capability on or off, or
+    /// starting to ignore its PRI credits).
+    pub fn reconfigure(&self, change: impl FnOnce(&mut FunctionConfig)) {
+        self.with(|_, e| change(&mut e.config));
+    }
+
     fn access(write: bool) -> Access {
         if write { Access::WRITE } else { Access::READ }
     }
@@ -902,6 +914,16 @@ impl PcieFunction {
     pub fn outstanding_groups(&self) -> Vec<PageRequestGroup> {
         self.with(|_, e| e.groups.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Resets PRI at the function (PCIe PRI Control Reset): it may send requests again, and
+    /// forgets every outstanding group and unhandled response.
+    pub fn reset_pri(&self) {
+        self.with(|_, e| {
+            e.pri_stopped = false;
+            e.groups.clear();
+            e.inbox.clear();
+        });
     }
 
     /// Whether PRI stopped after a Response Failure.
