@@ -78,3 +78,31 @@ fn an_unassigned_stream_aborts_with_c_bad_streamid_or_c_bad_ste() {
         matches!(events.as_slice(), [EventIntake::Event(e)] if e.id == smmu::event::EventId::CBadSte)
     );
 }
+
+/// The driver only builds two-level stream tables; a linear one, programmed by hand, works the
+/// same way, and a stream beyond LOG2SIZE is C_BAD_STREAMID.
+#[test]
+fn a_linear_stream_table_programmed_by_hand() {
+    let (mut model, mut driver) = bring_up(ModelConfig::qemu_virt());
+    let memory = model.memory();
+    let table = RAM + 0x30_0000;
+    // STE 8: bypass.
+    memory.write_u64(table + 8 * 64, 1 | (4 << 1)).unwrap();
+    model.write32(offset::CR0, model.read32(offset::CR0) & !1);
+    model.write64(offset::STRTAB_BASE, table);
+    model.write32(offset::STRTAB_BASE_CFG, 4); // Linear, 16 streams.
+    driver
+        .submit_and_sync(&[smmu::command::Cmd::cfgi_all()])
+        .unwrap();
+    model.write32(offset::CR0, model.read32(offset::CR0) | 1);
+    let function = model.attach_function(8, smmu_model::FunctionConfig::EDU_LIKE);
+    let report = function.dma_write(None, RAM + 0x40_0000, &[7; 8]);
+    assert!(report.all_completed());
+    assert_eq!(memory.read_u64(RAM + 0x40_0000), Ok(0x0707_0707_0707_0707));
+    let far = model.attach_function(16, smmu_model::FunctionConfig::EDU_LIKE);
+    assert_eq!(far.dma_write(None, RAM, &[1; 8]).aborted, 1);
+    let mut events = Vec::new();
+    driver.drain_events(16, |e| events.push(e)).unwrap();
+    assert!(matches!(events.as_slice(), [EventIntake::Event(e)]
+        if e.id == smmu::event::EventId::CBadStreamid && e.sid == smmu::StreamId(16)));
+}
