@@ -133,6 +133,10 @@ cases! {
         "CMD_PRI_RESP without IDR0.PRI is CERROR_ILL";
     "spec" "resume-illegal-without-stall" cases::spec::resume_illegal_without_stall:
         "CMD_RESUME without the stall model is CERROR_ILL";
+    "spec" "tlbi-el2-illegal-without-hyp" cases::spec::tlbi_el2_illegal_without_hyp:
+        "CMD_TLBI_EL2_ALL without IDR0.HYP is CERROR_ILL";
+    "spec" "tlbi-el3-illegal-on-non-secure-queue" cases::spec::tlbi_el3_illegal_on_non_secure_queue:
+        "CMD_TLBI_EL3_ALL on the Non-secure queue is CERROR_ILL";
     "spec" "s1cdmax-ignored-without-substreams" cases::spec::s1cdmax_ignored_without_substreams:
         "with SSIDSIZE=0, STE.S1CDMax is ignored";
     "spec" "cd-a-zero-illegal-when-abort-only" cases::spec::cd_a_zero_illegal_when_abort_only:
@@ -181,6 +185,14 @@ pub const QEMU_DEVIATIONS: &[(&str, &str)] = &[
     (
         "resume-illegal-without-stall",
         "QEMU consumes CMD_RESUME as a no-op; IHI 0070 4.7.1: CERROR_ILL when STALL_MODEL = 0b01",
+    ),
+    (
+        "tlbi-el2-illegal-without-hyp",
+        "QEMU consumes the TLBI_EL2_* commands as no-ops; IHI 0070 4.4.2: CERROR_ILL when IDR0.HYP = 0",
+    ),
+    (
+        "tlbi-el3-illegal-on-non-secure-queue",
+        "QEMU consumes the TLBI_EL3_* commands as no-ops; IHI 0070 4.4.2: CERROR_ILL on the Non-secure queue",
     ),
     (
         "s1cdmax-ignored-without-substreams",

@@ -45,8 +45,12 @@
 //!
 //! - A full event queue: QEMU drops the event and sets GERROR.EVTQ_ABT_ERR; the architecture
 //!   (7.4) sets EVENTQ_PROD.OVFLG and raises no global error.
-//! - CMD_ATC_INV, CMD_PRI_RESP and CMD_RESUME on an SMMU without ATS, PRI or stall: QEMU
-//!   consumes them as no-ops; the architecture (4.5.1, 4.5.2, 4.7.1) makes each CERROR_ILL.
+//! - CMD_ATC_INV, CMD_PRI_RESP and CMD_RESUME on an SMMU without ATS, PRI or stall, the
+//!   TLBI_EL2_* commands without IDR0.HYP, and TLBI_EL3_* on the Non-secure queue: QEMU consumes
+//!   them as no-ops; the architecture (4.5.1, 4.5.2, 4.7.1, 4.4.2) makes each CERROR_ILL.
+//! - Two-level stream table (QEMU's `smmu_find_ste`): a level-2 table of SPAN holds 2^SPAN STEs
+//!   for QEMU, 2^(SPAN-1) for the architecture (5.1), and a StreamID beyond it is C_BAD_STE
+//!   there, C_BAD_STREAMID here (7.3.3). The driver always makes full spans, so neither shows.
 //! - STE.S1CDMax != 0 with IDR1.SSIDSIZE = 0: QEMU reports C_BAD_STE; the architecture (5.2)
 //!   says the field is IGNORED then.
 //! - Page 1 of the register file: QEMU aliases it onto page 0; the architecture has the queue

@@ -74,6 +74,7 @@ fn every_case_passes_or_does_not_apply_on_the_full_preset() {
             "atc-inv-illegal-without-ats",
             "pri-resp-illegal-without-pri",
             "resume-illegal-without-stall",
+            "tlbi-el2-illegal-without-hyp",
             "s1cdmax-ignored-without-substreams",
             "cd-a-zero-illegal-when-abort-only",
         ],

@@ -399,6 +399,17 @@ pub(crate) fn resume_illegal_without_stall<H: Harness>(s: S<'_, '_, H>) -> CaseR
     super::ported::expect_illegal(s, command.encode(), 0x44)
 }
 
+/// Case: the TLBI_EL2_* commands on an SMMU without IDR0.HYP are ILLEGAL (4.4.2).
+pub(crate) fn tlbi_el2_illegal_without_hyp<H: Harness>(s: S<'_, '_, H>) -> CaseResult {
+    require(!s.driver().features().hyp, "the SMMU has EL2 contexts")?;
+    super::ported::expect_illegal(s, Cmd::TlbiEl2All.encode(), 0x20)
+}
+
+/// Case: the TLBI_EL3_* commands are ILLEGAL on the Non-secure command queue (4.4.2).
+pub(crate) fn tlbi_el3_illegal_on_non_secure_queue<H: Harness>(s: S<'_, '_, H>) -> CaseResult {
+    super::ported::expect_illegal(s, Cmd::TlbiEl3All.encode(), 0x18)
+}
+
 /// Case: with IDR1.SSIDSIZE = 0, STE.S1CDMax is IGNORED (5.2): a stage-1 STE with S1CDMax = 1
 /// translates with its single CD.
 pub(crate) fn s1cdmax_ignored_without_substreams<H: Harness>(s: S<'_, '_, H>) -> CaseResult {
