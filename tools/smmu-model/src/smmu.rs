@@ -531,13 +531,21 @@ impl State {
             }
             reg::GERROR_IRQ_CFG1 => self.regs.gerror_irq_cfg1 = value,
             reg::GERROR_IRQ_CFG2 => self.regs.gerror_irq_cfg2 = value & 0x3f,
-            reg::STRTAB_BASE => set_low(&mut self.regs.strtab_base, value & !0x3f),
-            o if o == reg::STRTAB_BASE + 4 => {
+            // The base registers are guarded by their enable: written while it is set, the
+            // write is IGNORED (SMMUv3.2, 6.3.24 to 6.3.33).
+            reg::STRTAB_BASE if !self.smmu_enabled() => {
+                set_low(&mut self.regs.strtab_base, value & !0x3f);
+            }
+            o if o == reg::STRTAB_BASE + 4 && !self.smmu_enabled() => {
                 set_high(&mut self.regs.strtab_base, value & 0x400f_ffff);
             }
-            reg::STRTAB_BASE_CFG => self.regs.strtab_base_cfg = value & 0x3_07ff,
-            reg::CMDQ_BASE => set_low(&mut self.regs.cmdq_base, value),
-            o if o == reg::CMDQ_BASE + 4 => {
+            reg::STRTAB_BASE_CFG if !self.smmu_enabled() => {
+                self.regs.strtab_base_cfg = value & 0x3_07ff;
+            }
+            reg::CMDQ_BASE if self.regs.cr0 & cr0::CMDQEN == 0 => {
+                set_low(&mut self.regs.cmdq_base, value);
+            }
+            o if o == reg::CMDQ_BASE + 4 && self.regs.cr0 & cr0::CMDQEN == 0 => {
                 set_high(&mut self.regs.cmdq_base, value & 0x400f_ffff);
             }
             reg::CMDQ_PROD => {
@@ -550,8 +558,10 @@ impl State {
                     self.regs.cmdq_cons = value & 0x7f0f_ffff;
                 }
             }
-            reg::EVTQ_BASE => set_low(&mut self.regs.evtq_base, value),
-            o if o == reg::EVTQ_BASE + 4 => {
+            reg::EVTQ_BASE if self.regs.cr0 & cr0::EVENTQEN == 0 => {
+                set_low(&mut self.regs.evtq_base, value);
+            }
+            o if o == reg::EVTQ_BASE + 4 && self.regs.cr0 & cr0::EVENTQEN == 0 => {
                 set_high(&mut self.regs.evtq_base, value & 0x400f_ffff);
             }
             reg::EVTQ_IRQ_CFG0 => set_low(&mut self.regs.evtq_irq_cfg0, value & !3),
@@ -560,8 +570,10 @@ impl State {
             }
             reg::EVTQ_IRQ_CFG1 => self.regs.evtq_irq_cfg1 = value,
             reg::EVTQ_IRQ_CFG2 => self.regs.evtq_irq_cfg2 = value & 0x3f,
-            reg::PRIQ_BASE => set_low(&mut self.regs.priq_base, value),
-            o if o == reg::PRIQ_BASE + 4 => {
+            reg::PRIQ_BASE if self.regs.cr0 & cr0::PRIQEN == 0 => {
+                set_low(&mut self.regs.priq_base, value);
+            }
+            o if o == reg::PRIQ_BASE + 4 && self.regs.cr0 & cr0::PRIQEN == 0 => {
                 set_high(&mut self.regs.priq_base, value & 0x400f_ffff);
             }
             reg::PRIQ_IRQ_CFG0 => set_low(&mut self.regs.priq_irq_cfg0, value & !3),

@@ -294,8 +294,16 @@ impl State {
         {
             return Ok(cached);
         }
-        let base = self.regs.strtab_base & 0x000f_ffff_ffff_ffc0;
         let two_level = (cfg >> 16) & 3 == 1 && self.features().two_level_stream_table;
+        // The base is aligned to the table's size by the configured LOG2SIZE (6.3.24).
+        let literal_log2size = u64::from(cfg & 0x3f);
+        let table_bytes = if two_level {
+            let split = u64::from((cfg >> 6) & 0x1f);
+            (8u64 << literal_log2size.saturating_sub(split).min(32)).max(64)
+        } else {
+            64u64 << literal_log2size.min(32)
+        };
+        let base = self.regs.strtab_base & 0x000f_ffff_ffff_ffc0 & !(table_bytes - 1);
         let address = if two_level {
             let split = (cfg >> 6) & 0x1f;
             let index = u64::from(sid >> split);
