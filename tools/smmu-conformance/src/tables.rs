@@ -37,7 +37,7 @@ pub enum S2Access {
     ReadWrite,
 }
 
-/// What a stage-1 leaf allows (AP[2:1], for EL1 and EL0 alike).
+/// What a stage-1 leaf allows (AP\[2:1\], for EL1 and EL0 alike).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum S1Access {
     /// Read only.

@@ -15,7 +15,7 @@
 
 use crate::caches::{AddressScope, TlbInvalidation};
 use crate::config::{InvalidationTiming, ReservedFieldPolicy, StallSupport};
-use crate::smmu::{State, cerror, cr0, gerror};
+use crate::model::{State, cerror, cr0, gerror};
 use crate::structures::{bit, bits, field_in_place};
 use crate::trace::{ResponseCode, ResponseSource, TraceEvent};
 use crate::translate::{Lookup, Transaction};

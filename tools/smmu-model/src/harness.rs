@@ -15,10 +15,10 @@ use smmu_conformance::{
 
 use crate::config::{InvalidationTiming, ModelConfig};
 use crate::memory::{ModelPlatform, ModelRegion, ModelTables, PAGE_BYTES, PhysicalMemory};
+use crate::model::SmmuModel;
 use crate::pcie::{
     DmaReport, FunctionConfig, FunctionError, PageRequest, PcieFunction, ResponseHandled,
 };
-use crate::smmu::SmmuModel;
 use crate::translate::AtsCompletion;
 
 /// Where the model machine's RAM starts, and its size.

@@ -14,7 +14,7 @@
 //!   allocator so `aarch64-paging` builds tables the model walks.
 //! - [`config`]: what is implemented ([`Features`], encoded into the ID registers) and the
 //!   implementation's choices; the `qemu_virt` and `full` presets.
-//! - [`SmmuModel`] (`smmu`): registers, queues, GERROR, interrupts and MSIs.
+//! - [`SmmuModel`] (`model`): registers, queues, GERROR, interrupts and MSIs.
 //! - `commands`: the command queue, CERROR_ILL/ABT, and each command's effect.
 //! - `translate`: stream table and CD table lookup, substreams, stage 1, stage 2 and nested
 //!   walks ([`walk`]), permissions, faults and their events (the A/R/S fault model), ATS
@@ -67,8 +67,8 @@ pub mod config;
 pub mod events;
 pub mod harness;
 pub mod memory;
+mod model;
 mod pcie;
-mod smmu;
 mod stall;
 pub mod structures;
 pub mod trace;
@@ -79,9 +79,9 @@ pub use config::{Features, InvalidationTiming, ModelConfig, ReservedFieldPolicy,
 pub use harness::ModelHarness;
 
 pub use memory::{BusError, ModelPlatform, ModelRegion, ModelTables, PhysicalMemory};
+pub use model::{Signals, SmmuModel};
 pub use pcie::{
     AtcEntry, DmaReport, FunctionConfig, FunctionError, LateCompletion, PageRequest,
     PageRequestGroup, PcieFunction, PrgResponse, ResponseHandled,
 };
-pub use smmu::{Signals, SmmuModel};
 pub use translate::{AtsCompletion, Outcome, Transaction};

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::events::PriFields;
-use crate::smmu::{QueueWrite, SmmuModel, State};
+use crate::model::{QueueWrite, SmmuModel, State};
 use crate::structures::decode_ste;
 use crate::trace::{
     Generation, PageRequestFate, ResponseCode, ResponseSource, TraceEvent, TransactionResult,
@@ -172,6 +172,29 @@ pub enum ResponseHandled {
         /// The response.
         response: PrgResponse,
     },
+}
+
+impl ResponseHandled {
+    /// For a retried group: the generation it was sent under and the first different one a
+    /// retried translation was resolved under. A page request that crosses from one generation
+    /// of its PASID to the next (answered, or retried, after the PASID was rebound).
+    #[must_use]
+    pub fn crossing(&self) -> Option<(Generation, Generation)> {
+        let Self::Retried {
+            group, completions, ..
+        } = self
+        else {
+            return None;
+        };
+        let sent = group.generation?;
+        completions.iter().find_map(|c| match *c {
+            AtsCompletion::Success {
+                generation: Some(g),
+                ..
+            } if g != sent => Some((sent, g)),
+            _ => None,
+        })
+    }
 }
 
 /// A transaction that stalled and was later retried or terminated.

@@ -7,7 +7,7 @@
 //! (a queue that cannot take one keeps it until it can, without an overflow). When a stalled
 //! transaction finally completes, its function is told (`pcie`'s late completions).
 
-use crate::smmu::{QueueWrite, State};
+use crate::model::{QueueWrite, State};
 use crate::translate::{Fault, Outcome, Transaction};
 
 /// A transaction held by the SMMU.

@@ -324,7 +324,7 @@ pub enum SteIllegal {
     Stage2StartLevel,
     /// S2ENDI selects big-endian tables.
     Stage2Endianness,
-    /// S2VMID[15:8] set without IDR0.VMID16.
+    /// S2VMID\[15:8\] set without IDR0.VMID16.
     VmidTooWide,
 }
 
@@ -347,7 +347,7 @@ pub enum CdIllegal {
     AArch32,
     /// HA or HD without HTTU.
     HardwareUpdate,
-    /// ASID[15:8] set without IDR0.ASID16.
+    /// ASID\[15:8\] set without IDR0.ASID16.
     AsidTooWide,
     /// T0SZ or T1SZ of an enabled half out of range.
     InputSize,

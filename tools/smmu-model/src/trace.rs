@@ -263,3 +263,25 @@ pub enum TraceEvent {
         written: bool,
     },
 }
+
+impl TraceEvent {
+    /// The (resolved, live) generations of a translation the SMMU or a function acted on, when
+    /// they differ: the translation came from an address space memory no longer holds (a
+    /// stale cache entry, an ATC entry not invalidated, a reuse before quiescence). `None` for
+    /// other events and for translations of the live generation.
+    #[must_use]
+    pub fn crossing(&self) -> Option<(Generation, Generation)> {
+        let (resolved, live) = match *self {
+            Self::Transaction { resolved, live, .. }
+            | Self::TranslatedTransaction { resolved, live, .. }
+            | Self::AtsTranslation { resolved, live, .. } => (resolved?, live?),
+            _ => return None,
+        };
+        (resolved != live).then_some((resolved, live))
+    }
+}
+
+/// Every crossing in `trace`, in order (see [`TraceEvent::crossing`]).
+pub fn crossings(trace: &[TraceEvent]) -> Vec<(Generation, Generation)> {
+    trace.iter().filter_map(TraceEvent::crossing).collect()
+}

@@ -9,7 +9,7 @@
 
 use crate::caches::{CachedCd, CachedSte, StagePermissions, TlbEntry, TlbTag};
 use crate::events::{EventFields, class, id};
-use crate::smmu::{State, cr0};
+use crate::model::{State, cr0};
 use crate::structures::{
     Cd, CdTableFormat, ContextTable, DefaultSubstream, Eats, Stage2, Ste, StreamConfig,
     StreamWorld, bits, decode_cd, decode_l1cd, decode_l1std, decode_ste,

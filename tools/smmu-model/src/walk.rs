@@ -69,9 +69,9 @@ pub enum WalkFault<E> {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash, Default)]
 #[allow(clippy::struct_excessive_bools)] // One per table attribute bit.
 pub struct TableAttributes {
-    /// APTable[0]: no unprivileged access below.
+    /// APTable\[0\]: no unprivileged access below.
     pub no_unprivileged: bool,
-    /// APTable[1]: read-only below.
+    /// APTable\[1\]: read-only below.
     pub read_only: bool,
     /// UXNTable (XNTable at EL2).
     pub uxn: bool,
@@ -261,7 +261,7 @@ impl Permissions {
 /// The stage-1 controls of the CD that the permission check reads.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash, Default)]
 pub struct Stage1Controls {
-    /// The regime has an unprivileged level (EL1&0, EL2&0 with E2H): AP[1] applies.
+    /// The regime has an unprivileged level (EL1&0, EL2&0 with E2H): AP\[1\] applies.
     pub two_privilege_levels: bool,
     /// WXN.
     pub wxn: bool,

@@ -18,7 +18,7 @@ use smmu::{PhysAddr, SubstreamId};
 use smmu_conformance::suite::{ids, page};
 use smmu_conformance::tables::{Addressing, S1Access};
 use smmu_conformance::{Harness, Suite};
-use smmu_model::trace::{Generation, TraceEvent, TransactionResult};
+use smmu_model::trace::{Generation, TraceEvent, TransactionResult, crossings};
 use smmu_model::{AtsCompletion, ModelConfig, ModelHarness, PageRequest, ResponseHandled};
 
 const PASID: u32 = 1;
@@ -112,7 +112,9 @@ fn a_translation_from_a_stale_tlb_entry_crosses_generations() {
     }])
     .unwrap();
     let _ = function.dma_write(Some(PASID), va, &[3; 8]);
-    let (resolved, live, _) = last_transaction(&model.take_trace());
+    let trace = model.take_trace();
+    assert!(crossings(&trace).is_empty());
+    let (resolved, live, _) = last_transaction(&trace);
     assert_eq!(resolved, live);
     assert!(resolved.unwrap().number > old.number);
 }
@@ -181,6 +183,7 @@ fn a_page_request_answered_after_a_rebind_crosses_generations() {
         sent_under, retried_under,
         "the request crossed from one generation of the PASID to the next"
     );
+    assert_eq!(handled[0].crossing(), Some((sent_under, retried_under)));
     // And the translation the function now caches points into the new address space.
     let atc = function.atc();
     assert_eq!(atc.len(), 1);
