@@ -30,6 +30,8 @@ const TEST_PAGE_COUNT: usize = 64;
 /// The stage-2 domain's table pool.
 const DOMAIN_TABLES: u64 = RAM_BASE + 0x200_0000;
 const DOMAIN_TABLE_PAGES: u64 = 16;
+/// The PRI queue's size: small, so that the overflow case fills it quickly.
+const PRI_QUEUE_ENTRIES: u32 = 16;
 /// The DMA master's stream, as on QEMU virt.
 pub const STREAM: u32 = 8;
 
@@ -58,7 +60,11 @@ impl ModelHarness {
         let function = if config.features.ssidsize == 0 {
             FunctionConfig::EDU_LIKE
         } else {
-            FunctionConfig::SVA_CAPABLE
+            // Software grants no more PRI credits than the PRI queue has entries (chapter 8).
+            FunctionConfig {
+                pri_credits: PRI_QUEUE_ENTRIES,
+                ..FunctionConfig::SVA_CAPABLE
+            }
         };
         Self::with_function(config, function)
     }
@@ -79,7 +85,7 @@ impl ModelHarness {
             stream_table_l2_pool: memory.region(RAM_BASE + 0x10_0000, 4 * 16384),
             command_queue: memory.region(RAM_BASE + 0x20_0000, 4096),
             event_queue: memory.region(RAM_BASE + 0x21_0000, 64 * 32),
-            pri_queue: Some(memory.region(RAM_BASE + 0x22_0000, 16 * 16)),
+            pri_queue: Some(memory.region(RAM_BASE + 0x22_0000, PRI_QUEUE_ENTRIES as usize * 16)),
         };
         let driver = Driver::new(
             model.clone(),
