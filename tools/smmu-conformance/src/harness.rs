@@ -18,6 +18,11 @@
 //!   own, so [`Harness::transaction_bytes`] is 4. No substreams: `ssid` is always `None` there
 //!   (cases that need one are not applicable).
 //! - [`Harness::stream`]: `edu`'s stream ID (8 on QEMU `virt`).
+//! - [`Harness::device`]: everything `false` (no PASID, ATS or PRI at `edu`; QEMU's caches are
+//!   not documented to keep every entry, and its invalidations complete when consumed).
+//! - [`Harness::page_count`]: at least [`MIN_PAGES`] (the self-test's 14 pages are too few: the
+//!   cases build their tables in test pages), physically contiguous at least for pages 4 and 5
+//!   (the stage-2 domain case's pin table covers them).
 //! - The optional device operations (ATS, PRI) keep their defaults ([`Unsupported`]).
 //! - [`Harness::note`]: `defmt::info!` of the message and values.
 

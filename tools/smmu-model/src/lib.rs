@@ -24,6 +24,8 @@
 //! - `stall`: stalled transactions, CMD_RESUME and CMD_STALL_TERM.
 //! - [`PcieFunction`] (`pcie`): DMA, ATS and its ATC, PRI page request groups, stop markers,
 //!   and the function's reaction to PRG responses.
+//! - [`events`]: event records and PRI queue entries, laid out by the model's own reading.
+//! - [`structures`]: STE, CD and level-1 descriptors decoded and judged valid or ILLEGAL.
 //! - [`trace`]: what happened, each translation tagged with the address-space generation that
 //!   resolved it and the one memory held at the time.
 //! - [`harness`]: [`ModelHarness`], the conformance suite's harness on this model.
