@@ -127,6 +127,14 @@ impl EventId {
         self as u8
     }
 
+    /// Whether the record's SubstreamID field is valid without SSV: C_BAD_SUBSTREAMID has no SSV
+    /// bit (bit 11 is RES0) and always names the SubstreamID (or the CD index, 0, for
+    /// non-substream traffic through S1DSS = substream 0) that failed (IHI 0070 7.3.9).
+    #[must_use]
+    pub const fn substream_always_valid(self) -> bool {
+        matches!(self, Self::CBadSubstreamid)
+    }
+
     /// Whether word 3 of this event holds the physical address of a failed fetch (bits 51:3)
     /// rather than a faulting IPA (bits 51:12).
     #[must_use]
@@ -285,7 +293,7 @@ impl EventRecord {
         let Some(class) = FaultClass::from_encoding(bits::get_u8(w1, 41, 40)) else {
             return Err(EventDecodeError::ReservedClass);
         };
-        let ssid = if bits::bit(w0, 11) {
+        let ssid = if bits::bit(w0, 11) || id.substream_always_valid() {
             Some(SubstreamId(bits::get_u32(w0, 31, 12)))
         } else {
             None
@@ -339,7 +347,7 @@ impl Event {
         let mut w0 = self.id.value() as u64;
         w0 = bits::set(w0, 63, 32, self.sid.0 as u64);
         if let Some(ssid) = self.ssid {
-            w0 = bits::set_bit(w0, 11, true);
+            w0 = bits::set_bit(w0, 11, !self.id.substream_always_valid());
             w0 = bits::set(w0, 31, 12, ssid.0 as u64);
         }
         let mut w1 = self.stag as u64;
@@ -452,6 +460,22 @@ mod tests {
         assert_eq!(no_ssv.ssid, None);
     }
 
+    /// C_BAD_SUBSTREAMID has no SSV: its SubstreamID is always the one that failed, and it is
+    /// encoded without setting bit 11 (RES0 in that record).
+    #[test]
+    fn c_bad_substreamid_names_its_substream_without_ssv() {
+        let record = EventRecord::from_words([0x08 | 0xc5 << 12 | 8 << 32, 0, 0, 0]);
+        let event = record.decode().unwrap();
+        assert_eq!(event.ssid, Some(SubstreamId(0xc5)));
+        assert_eq!(event.encode().words()[0], record.words()[0]);
+        let zero = EventRecord::from_words([0x08, 0, 0, 0]).decode().unwrap();
+        assert_eq!(
+            zero.ssid,
+            Some(SubstreamId(0)),
+            "CD index 0 is a valid SubstreamID here"
+        );
+    }
+
     fn arb_event() -> impl Strategy<Value = Event> {
         (
             (
@@ -472,7 +496,12 @@ mod tests {
                 Event {
                     id,
                     sid: StreamId(sid),
-                    ssid: ssid.map(SubstreamId),
+                    // C_BAD_SUBSTREAMID always carries one.
+                    ssid: if id.substream_always_valid() {
+                        Some(SubstreamId(ssid.unwrap_or(0)))
+                    } else {
+                        ssid.map(SubstreamId)
+                    },
                     stag,
                     stall: flags[0],
                     pnu: flags[1],
