@@ -28,8 +28,9 @@ pub enum Safety {
     NoDma,
     /// Everything it masters goes through the SMMU, whose stage 2 confines it to the guest.
     ThroughSmmu,
-    /// Some of its registers would make it master memory; the hypervisor traps those
-    /// ([`GuestMapping`] says how) and passes the rest through.
+    /// Some of its registers would make it master memory, or reach the hypervisor's own
+    /// state; the hypervisor traps every access and emulates the device ([`GuestMapping`] says
+    /// which).
     Trapped,
 }
 
@@ -39,10 +40,12 @@ pub enum Safety {
 pub enum GuestMapping {
     /// Mapped whole, at its own address.
     Passthrough,
-    /// GICv3 redistributors: each CPU's RD_base frame traps to the hypervisor (it holds
-    /// GICR_PROPBASER and GICR_PENDBASER, which make the GIC read and write memory), and
-    /// its SGI_base frame is mapped.
-    RedistributorsWithLpisTrapped,
+    /// The GICv3 distributor: left unmapped, every access trapped and emulated (the guest's
+    /// SPIs are programmed in the hardware on its behalf, the hypervisor's are hidden).
+    EmulatedGicDistributor,
+    /// The GICv3 redistributors: left unmapped, every access trapped and emulated (LPIs
+    /// hidden: GICR_PROPBASER and GICR_PENDBASER would make the GIC read and write memory).
+    EmulatedGicRedistributors,
 }
 
 /// A device the platform's data allows a guest to have.

@@ -60,7 +60,7 @@ pub fn run() {
         per_batch / 32
     );
     defmt::info!(
-        "bench: SMMU event queue look (empty), as every guest trap does: {=u64} instructions",
+        "bench: SMMU event queue look (empty), as each SMMU interrupt does: {=u64} instructions",
         instructions_per_iteration(N, || {
             let _ = driver.drain_events(8, |_| {});
         })

@@ -243,7 +243,7 @@ fn plan_guest_devices(platform: &'static board::Platform, tree: &[u8]) {
         let how = match device.safety {
             Safety::NoDma => "masters no memory",
             Safety::ThroughSmmu => "masters memory only through the SMMU",
-            Safety::Trapped => "its memory-touching registers trap",
+            Safety::Trapped => "every register trapped",
         };
         defmt::info!(
             "guest gets {=str} at {} ({=str}: {=str})",

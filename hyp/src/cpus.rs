@@ -80,6 +80,15 @@ impl SlotTable {
             .ok_or(SlotRefusal::NoFreeSlot)
     }
 
+    /// The CPUs holding a slot (those that run, or ran, a vCPU), by MPIDR affinity.
+    pub fn cpus(&self) -> impl Iterator<Item = u64> + '_ {
+        self.owners
+            .iter()
+            .map(|owner| owner.load(Ordering::Acquire))
+            .filter(|&key| key != 0)
+            .map(|key| key - 1)
+    }
+
     /// Gives back a slot whose CPU never started (nothing ever ran on its stack).
     pub fn release_unstarted(&self, slot: usize) {
         if let Some(owner) = self.owners.get(slot) {
@@ -116,6 +125,8 @@ mod tests {
         assert_eq!(table.claim(0x100), Err(SlotRefusal::NoFreeSlot));
         table.release_unstarted(3);
         assert_eq!(table.claim(0x100), Ok(3));
+        assert_eq!(table.cpus().count(), MAX_CPUS);
+        assert!(table.cpus().any(|cpu| cpu == 0x100));
     }
 }
 

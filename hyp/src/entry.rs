@@ -40,12 +40,12 @@ impl TrapHost for Hardware {
         );
     }
 
-    fn now(&self) -> u64 {
-        sysreg::counter_now()
+    fn mpidr(&self) -> u64 {
+        sysreg::cpu_affinity()
     }
 
-    fn poll_smmu(&mut self) {
-        crate::arch::smmu::drain_events(EVENTS_PER_POLL);
+    fn send_sgi(&mut self, intid: u32, mpidr: u64) {
+        crate::interrupts::send_sgi(intid, mpidr);
     }
 
     fn call_firmware(&mut self, function: u32, args: [u64; 3]) -> [u64; 4] {
@@ -79,9 +79,6 @@ impl TrapHost for Hardware {
         log_event(&event);
     }
 }
-
-/// SMMU event records handled per poll, at most.
-const EVENTS_PER_POLL: u32 = 16;
 
 fn log_event(event: &TrapEvent) {
     match *event {
@@ -136,8 +133,19 @@ extern "C" fn hyp_handle_exception(frame: &mut TrapFrame, index: u64) {
                 exit(ExitStatus::UnexpectedException);
             }
         },
-        // With HCR_EL2.IMO/FMO/AMO clear none should arrive; count and return.
-        VectorKind::IrqLower | VectorKind::FiqLower | VectorKind::SErrorLower => {
+        // Physical interrupts (HCR_EL2.IMO/FMO): the hypervisor's, or the guest's to inject.
+        // From EL2 itself only where a self-test unmasks them.
+        VectorKind::IrqLower
+        | VectorKind::FiqLower
+        | VectorKind::IrqCurrent
+        | VectorKind::FiqCurrent => {
+            crate::interrupts::handle(crate::interrupts::ThisCpu {
+                slot: el2::cpu_index(),
+                mpidr: sysreg::cpu_affinity(),
+            });
+        }
+        // SErrors stay the guest's (HCR_EL2.AMO clear): none should arrive.
+        VectorKind::SErrorLower => {
             let _ = stats::count(ExitReason::Asynchronous);
         }
         // Anything taken at EL2 itself is a hypervisor bug: report it fully and stop.

@@ -19,7 +19,6 @@ use crate::cmdline::{CommandLine, GuestKind};
 use crate::layout::GUEST_BOOT_WINDOW_SIZE;
 use crate::mmio::MmioRegistry;
 use crate::page_pool::{PagePool, StaticFrames};
-use crate::redistributor::{GuestRedistributors, Layout, RedistributorRegisters};
 use crate::stage2::{self, GuestPlatform};
 use crate::trap::handler::VmConfig;
 use crate::vm::GUEST_VMID;
@@ -115,40 +114,50 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
         ram.base.get()
     );
 
-    // The guest's devices: the allow-list's granted windows, the redistributors split into
-    // their SGI_base frames (mapped) and RD_base frames (trapped, see `crate::redistributor`).
+    let vcpus = command_line
+        .smp
+        .map_or(discovered.cpu_count as usize, |n| n as usize)
+        .clamp(1, crate::cpus::MAX_CPUS);
+    // The guest's devices: the allow-list's granted windows, mapped; the GIC's distributor and
+    // redistributors, trapped and emulated (see `crate::gic`).
     let mut devices: heapless::Vec<PhysRange, { stage2::MAX_STAGE2_REGIONS }> =
         heapless::Vec::new();
     let mut registry = MmioRegistry::new();
+    let gic = match crate::interrupts::set_up(
+        platform.gic.distributor,
+        platform.gic.redistributors,
+        &platform.smmu.interrupts,
+        crate::arch::sysreg::cpu_affinity(),
+        vcpus,
+    ) {
+        Ok(gic) => gic,
+        Err(error) => {
+            defmt::error!("GIC: {}", error);
+            fail("GIC");
+        }
+    };
     for device in &boot.devices.granted {
-        match device.mapping {
+        let window = smmu::IpaRange::new(smmu::Ipa(device.range.base.get()), device.range.size);
+        let registered = match device.mapping {
             GuestMapping::Passthrough => {
                 if devices.push(device.range).is_err() {
                     fail("too many guest devices");
                 }
+                continue;
             }
-            GuestMapping::RedistributorsWithLpisTrapped => {
-                let layout = redistributor_layout(device.range);
-                for frame in layout.sgi_frames() {
-                    if devices.push(frame).is_err() {
-                        fail("too many guest devices");
-                    }
-                }
-                let device_state = GUEST_REDISTRIBUTORS
-                    .call_once(|| spin::Mutex::new(GuestRedistributors::new(layout, GicrMmio)));
-                let window =
-                    smmu::IpaRange::new(smmu::Ipa(device.range.base.get()), device.range.size);
-                if registry.register(window, device_state).is_err() {
-                    fail("redistributor handler");
-                }
-                defmt::info!(
-                    "guest redistributors: {=usize} at {}, RD_base frames trapped (LPIs hidden), SGI_base frames mapped",
-                    layout.count,
-                    device.range
-                );
+            GuestMapping::EmulatedGicDistributor => registry.register(window, gic.distributor),
+            GuestMapping::EmulatedGicRedistributors => {
+                registry.register(window, gic.redistributors)
             }
+        };
+        if registered.is_err() {
+            fail("emulated GIC device");
         }
     }
+    defmt::info!(
+        "guest GIC: distributor and {=usize} redistributors emulated (LPIs hidden, the hypervisor's INTIDs withheld); interrupts taken at EL2 and injected",
+        gic.count
+    );
     // Everything the guest must never reach, checked again against each window above: the
     // hypervisor's carve-out, UART and SMMU, and every withheld device.
     let mut hypervisor_windows: heapless::Vec<
@@ -209,13 +218,10 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
 
     confine_guest_devices(&guest_platform, discovered);
 
-    let vcpus = command_line
-        .smp
-        .map_or(discovered.cpu_count as usize, |n| n as usize);
     crate::vm::set_vm(
         VmConfig {
             ram: smmu::IpaRange::new(smmu::Ipa(ram.base.get()), ram.size),
-            max_vcpus: vcpus.clamp(1, crate::cpus::MAX_CPUS),
+            max_vcpus: vcpus,
             mmio: registry,
             bench_mode: command_line.pmu_counts_el2,
         },
@@ -257,43 +263,6 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
         stack_top,
     );
 }
-
-/// Reads GICR_TYPER of each redistributor in `region` to lay them out.
-fn redistributor_layout(region: PhysRange) -> Layout {
-    let hardware = GicrMmio;
-    match Layout::discover(region, |frame| hardware.read64(frame + 0x8)) {
-        Ok(layout) => layout,
-        Err(error) => {
-            defmt::error!("GIC redistributors at {}: {}", region, error);
-            fail("redistributors");
-        }
-    }
-}
-
-/// The redistributors' registers, reached by physical address through the EL2 map.
-struct GicrMmio;
-
-impl RedistributorRegisters for GicrMmio {
-    fn read32(&self, address: u64) -> u32 {
-        // SAFETY: `crate::redistributor` only passes addresses of RD_base registers of the
-        // redistributor region, which the EL2 map maps as device memory; reading them has no
-        // side effect beyond the GIC.
-        unsafe { core::ptr::read_volatile(address as *const u32) }
-    }
-    fn read64(&self, address: u64) -> u64 {
-        // SAFETY: as `read32`, for GICR_TYPER, a 64-bit register.
-        unsafe { core::ptr::read_volatile(address as *const u64) }
-    }
-    fn write32(&self, address: u64, value: u32) {
-        // SAFETY: as `read32`; `crate::redistributor` writes only GICR_CTLR (with EnableLPIs
-        // clear), GICR_STATUSR and GICR_WAKER.
-        unsafe { core::ptr::write_volatile(address as *mut u32, value) }
-    }
-}
-
-/// The guest's RD_base frames, answered by [`crate::redistributor`].
-static GUEST_REDISTRIBUTORS: spin::Once<spin::Mutex<GuestRedistributors<GicrMmio>>> =
-    spin::Once::new();
 
 /// Writes the guest's device tree at the start of guest RAM; returns its size.
 fn write_guest_tree(boot: &GuestBoot<'_>) -> usize {

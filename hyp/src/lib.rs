@@ -18,12 +18,12 @@
 
 pub mod cmdline;
 pub mod cpus;
+pub mod gic;
 pub mod integrity;
 pub mod layout;
 pub mod mmio;
 pub mod page_pool;
 pub mod psci;
-pub mod redistributor;
 pub mod stage2;
 pub mod stats;
 pub mod trap;
@@ -38,6 +38,8 @@ pub mod boot;
 pub mod entry;
 #[cfg(target_os = "none")]
 pub mod guest_boot;
+#[cfg(target_os = "none")]
+pub mod interrupts;
 #[cfg(target_os = "none")]
 pub mod report;
 #[cfg(target_os = "none")]

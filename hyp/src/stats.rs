@@ -26,11 +26,25 @@ pub enum ExitReason {
     UnsupportedCall,
     /// An IRQ, FIQ or SError taken to EL2 from the guest.
     Asynchronous,
+    /// A guest SGI (a trapped ICC_SGI1R_EL1 write) sent to one of its CPUs.
+    SgiSent,
+    /// A guest SGI target that is not one of its CPUs, dropped.
+    SgiRefused,
+    /// A guest-owned SPI taken at EL2 and injected.
+    InterruptDevice,
+    /// A guest-owned PPI (a timer) taken at EL2 and injected.
+    InterruptTimer,
+    /// A guest SGI taken at EL2 on its target and injected.
+    InterruptSgi,
+    /// One of the hypervisor's own interrupts (the SMMU's, its timer, maintenance).
+    InterruptHypervisor,
+    /// An injection that found every list register in use and waited for one.
+    ListRegisterOverflow,
 }
 
 impl ExitReason {
     /// Every reason, in report order.
-    pub const ALL: [ExitReason; 8] = [
+    pub const ALL: [ExitReason; 15] = [
         Self::Hvc,
         Self::Smc,
         Self::MmioHandled,
@@ -39,6 +53,13 @@ impl ExitReason {
         Self::UndefinedInjected,
         Self::UnsupportedCall,
         Self::Asynchronous,
+        Self::SgiSent,
+        Self::SgiRefused,
+        Self::InterruptDevice,
+        Self::InterruptTimer,
+        Self::InterruptSgi,
+        Self::InterruptHypervisor,
+        Self::ListRegisterOverflow,
     ];
 }
 

@@ -21,9 +21,6 @@ pub fn set_vm(config: VmConfig, stage2_root: u64) {
         mdcr: el2::mdcr_el2(config.bench_mode),
     };
     EL2.call_once(|| el2);
-    // The SMMU is looked at from the trap path at most once per millisecond.
-    let (_, frequency) = crate::arch::sysreg::counter();
-    TRAP_STATE.smmu_poll.set_interval((frequency / 1000).max(1));
     VM.call_once(|| config);
 }
 
@@ -33,9 +30,11 @@ pub fn vm() -> Option<&'static VmConfig> {
     VM.get()
 }
 
-/// Configures this CPU's EL2 to run the guest. Every CPU calls it before entering the guest.
+/// Configures this CPU's EL2 and GIC interfaces to run the guest. Every CPU calls it before
+/// entering the guest.
 pub fn configure_cpu() {
     if let Some(config) = EL2.get() {
+        crate::interrupts::configure_cpu(crate::arch::sysreg::cpu_affinity());
         el2::configure(config);
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! The guest owns its CPUs' EL1 state outright (one guest, one vCPU per physical CPU, no EL1
 //! context switching): EL2 is configured once per CPU, the guest entered, and from then on EL2
-//! runs only when the guest traps. Interrupts, the GIC's CPU interface and the timers stay with
-//! the guest (HCR_EL2.IMO/FMO/AMO = 0).
+//! runs only when the guest traps or a physical interrupt arrives: every physical IRQ and FIQ
+//! is taken at EL2 (HCR_EL2.IMO/FMO), and the guest's CPU interface is the virtual one.
 
 use core::arch::asm;
 
@@ -19,7 +19,9 @@ const HCR_EL2_GUEST: u64 = {
     const RW: u64 = 1 << 31; // EL1 is AArch64
     const APK: u64 = 1 << 40; // pointer authentication keys and instructions are the guest's
     const API: u64 = 1 << 41;
-    VM | SWIO | FB | BSU_INNER | TSC | TIDCP | RW | APK | API
+    const FMO: u64 = 1 << 3; // physical FIQs to EL2; EL1's ICC_* become the virtual ICV_*
+    const IMO: u64 = 1 << 4; // physical IRQs to EL2 (SGI register writes trap)
+    VM | SWIO | FMO | IMO | FB | BSU_INNER | TSC | TIDCP | RW | APK | API
 };
 
 /// SCTLR_EL1 as the guest expects it on entry: MMU and caches off, RES1 bits set.

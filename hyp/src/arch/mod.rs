@@ -10,6 +10,7 @@
 //! who established it.
 
 pub mod el2;
+pub mod gic;
 pub mod log;
 pub mod mmio;
 pub mod pmu;

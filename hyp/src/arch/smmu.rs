@@ -243,10 +243,14 @@ static STAGE2_FAULTS: AtomicU64 = AtomicU64::new(0);
 /// Takes, with a budget, what the SMMU reported since the last call. Stage-2 faults are the
 /// hypervisor's own business (a device tried to reach memory outside its guest); until the
 /// virtual SMMU forwards stage-1 events, every event is logged (the first few) and counted.
-pub fn drain_events(budget: u32) {
+///
+/// Returns whether records remain (the budget ran out).
+pub fn drain_events(budget: u32) -> bool {
     let mut guard = SMMU.lock();
-    let Some(driver) = guard.as_mut() else { return };
-    let _ = driver.drain_events(budget, |intake| {
+    let Some(driver) = guard.as_mut() else {
+        return false;
+    };
+    let report = driver.drain_events(budget, |intake| {
         EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
         // A guest makes its devices fault at will (a failed DMA reports once per 4 bytes):
         // every line below is rate-limited, everything is counted.
@@ -287,6 +291,7 @@ pub fn drain_events(budget: u32) {
             defmt::error!("SMMU global error: {}", error)
         }
     });
+    report.is_ok_and(|report| report.remaining != 0)
 }
 
 /// Logs the event counts.

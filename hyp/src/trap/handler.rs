@@ -17,7 +17,6 @@ use crate::cpus::{SlotRefusal, SlotTable};
 use crate::mmio::{Emulated, MmioAccess, MmioRegistry, emulate};
 use crate::psci::{self, GuestCall};
 use crate::stats::{Counters, ExitReason, GuestNoise};
-use core::sync::atomic::{AtomicU64, Ordering};
 use nested::VcpuId;
 use smmu::{Ipa, IpaRange};
 
@@ -38,60 +37,21 @@ pub struct VmConfig {
     pub bench_mode: bool,
 }
 
-/// Rate limit for looking at the SMMU from the trap path: at most once per interval of the
-/// physical counter. Until the hypervisor takes the SMMU's interrupts, this is how physical
-/// events are noticed while a guest runs, without making every trap pay for it.
-#[derive(Debug, Default)]
-pub struct PollGate {
-    last: AtomicU64,
-    interval: AtomicU64,
-}
-
-impl PollGate {
-    /// A gate that opens every `interval` counter ticks.
-    #[must_use]
-    pub const fn new(interval: u64) -> Self {
-        Self {
-            last: AtomicU64::new(0),
-            interval: AtomicU64::new(interval),
-        }
-    }
-
-    /// Sets the interval (at boot, from the counter's frequency).
-    pub fn set_interval(&self, interval: u64) {
-        self.interval.store(interval, Ordering::Relaxed);
-    }
-
-    /// Whether a poll is due at `now`; if so, this caller (one CPU only) does it.
-    pub fn due(&self, now: u64) -> bool {
-        let last = self.last.load(Ordering::Relaxed);
-        now.wrapping_sub(last) >= self.interval.load(Ordering::Relaxed)
-            && self
-                .last
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-}
-
 /// State the trap path shares between CPUs.
 #[derive(Debug)]
 pub struct TrapState {
     /// Which CPU runs on which EL2 stack.
     pub slots: SlotTable,
-    /// When the SMMU was last looked at.
-    pub smmu_poll: PollGate,
     /// Exits and guest-caused log lines.
     pub counters: &'static Counters,
 }
 
 impl TrapState {
-    /// Nothing claimed, the SMMU never polled (the poll interval is set at boot), counting
-    /// into `counters`.
+    /// Nothing claimed, counting into `counters`.
     #[must_use]
     pub const fn new(counters: &'static Counters) -> Self {
         Self {
             slots: SlotTable::new(),
-            smmu_poll: PollGate::new(0),
             counters,
         }
     }
@@ -171,10 +131,10 @@ pub trait TrapHost {
     fn guest_vector_base(&self) -> u64;
     /// Writes the guest's ESR_EL1, FAR_EL1, ELR_EL1 and SPSR_EL1 for an injection.
     fn set_guest_exception_registers(&mut self, injection: &Injection);
-    /// The physical counter (CNTPCT_EL0).
-    fn now(&self) -> u64;
-    /// Looks at the SMMU: its events and global errors, bounded.
-    fn poll_smmu(&mut self);
+    /// This CPU's MPIDR affinity.
+    fn mpidr(&self) -> u64;
+    /// Sends SGI `intid` to the CPU `mpidr` (physically: it is injected there).
+    fn send_sgi(&mut self, intid: u32, mpidr: u64);
     /// Forwards an SMCCC call to firmware; its x0..x3.
     fn call_firmware(&mut self, function: u32, args: [u64; 3]) -> [u64; 4];
     /// Waits for an interrupt (PSCI CPU_SUSPEND, emulated as standby).
@@ -194,9 +154,6 @@ pub trait TrapHost {
 /// Answers a synchronous exception from the guest. Returning resumes it at `frame.elr` in
 /// `frame.spsr`.
 pub fn handle(frame: &mut TrapFrame, vm: &VmConfig, state: &TrapState, host: &mut impl TrapHost) {
-    if state.smmu_poll.due(host.now()) {
-        host.poll_smmu();
-    }
     let counters = state.counters;
     match Trap::decode(frame.esr) {
         // HVC: ELR already points past the instruction.
@@ -217,6 +174,7 @@ pub fn handle(frame: &mut TrapFrame, vm: &VmConfig, state: &TrapState, host: &mu
             }
             inject_exception(frame, Exception::InstructionAbort, host);
         }
+        Trap::Other(ExceptionClass::SystemRegister) if sgi_write(frame, state, host) => {}
         Trap::Other(class) => {
             if counters.count(ExitReason::UndefinedInjected) {
                 host.log(TrapEvent::UndefinedInjected {
@@ -255,6 +213,48 @@ fn data_abort(
         });
     }
     inject_exception(frame, Exception::DataAbort { write: abort.write }, host);
+}
+
+/// A trapped write to one of the SGI registers (ICC_SGI1R_EL1, ICC_ASGI1R_EL1,
+/// ICC_SGI0R_EL1), which trap once HCR_EL2.IMO is set: the SGI goes to the guest's CPUs it
+/// names, and nowhere else. Every interrupt of the guest is Group 1, so only ICC_SGI1R_EL1
+/// generates anything; the other two complete with no effect. `false` if the trap is not one
+/// of these writes.
+fn sgi_write(frame: &mut TrapFrame, state: &TrapState, host: &mut impl TrapHost) -> bool {
+    // ISS of a trapped MSR: Op0 21:20, Op2 19:17, Op1 16:14, CRn 13:10, Rt 9:5, CRm 4:1,
+    // Direction 0 (0 = write).
+    let iss = frame.esr & 0x1ff_ffff;
+    let register = iss & !(0x1f << 5) & !1;
+    let sgi_register = |op2: u64| 3 << 20 | op2 << 17 | 12 << 10 | 11 << 1;
+    let write = iss & 1 == 0;
+    let op2 = (iss >> 17) & 0b111;
+    if !write || !(5..=7).contains(&op2) || register != sgi_register(op2) {
+        return false;
+    }
+    #[allow(clippy::cast_possible_truncation, reason = "Rt is 5 bits")]
+    let value = frame.register(((iss >> 5) & 0x1f) as u8);
+    if op2 == 5 {
+        let request = crate::gic::sgi::SgiRequest::decode(value);
+        let sender = host.mpidr();
+        let mut cpus: heapless::Vec<u64, { crate::cpus::MAX_CPUS }> = state.slots.cpus().collect();
+        cpus.sort_unstable();
+        let named = if request.all_but_self {
+            0
+        } else {
+            request.target_list.count_ones()
+        };
+        let mut sent = 0u32;
+        for target in request.targets(sender, &cpus) {
+            host.send_sgi(request.intid, target);
+            let _ = state.counters.count(ExitReason::SgiSent);
+            sent += 1;
+        }
+        for _ in sent..named {
+            let _ = state.counters.count(ExitReason::SgiRefused);
+        }
+    }
+    frame.elr += 4;
+    true
 }
 
 /// Makes the guest take `exception` at its EL1 for the instruction at `frame.elr`.
@@ -373,8 +373,7 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         hpfar: u64,
-        now: u64,
-        polls: u32,
+        sgis: Vec<(u32, u64)>,
         firmware: Vec<(u32, [u64; 3])>,
         started: Vec<(usize, u64, Ipa, u64)>,
         refuse_start: Option<i64>,
@@ -397,11 +396,11 @@ mod tests {
         fn set_guest_exception_registers(&mut self, injection: &Injection) {
             self.injected = Some(*injection);
         }
-        fn now(&self) -> u64 {
-            self.now
+        fn mpidr(&self) -> u64 {
+            0
         }
-        fn poll_smmu(&mut self) {
-            self.polls += 1;
+        fn send_sgi(&mut self, intid: u32, mpidr: u64) {
+            self.sgis.push((intid, mpidr));
         }
         fn call_firmware(&mut self, function: u32, args: [u64; 3]) -> [u64; 4] {
             self.firmware.push((function, args));
@@ -446,7 +445,6 @@ mod tests {
     fn state() -> TrapState {
         let state = TrapState::new(Box::leak(Box::new(Counters::new())));
         state.slots.claim_boot(0);
-        state.smmu_poll.set_interval(1000);
         state
     }
 
@@ -671,14 +669,14 @@ mod tests {
     }
 
     #[test]
-    fn other_traps_are_undefined_and_the_smmu_is_polled_at_most_once_per_interval() {
+    fn other_traps_are_undefined() {
         let state = state();
         let mut fake = Fake::default();
-        for now in [1000, 1500, 1999, 2000, 2100, 5000] {
-            fake.now = now;
-            // MRS of an IMPLEMENTATION DEFINED register (EC 0x18).
+        // MRS of an IMPLEMENTATION DEFINED register (EC 0x18), and an MRS of ICC_SGI1R_EL1
+        // (a read: the register is write-only, so the trap is not an SGI).
+        for iss in [0x30_3d01, 3 << 20 | 5 << 17 | 12 << 10 | 11 << 1 | 1] {
             let mut frame = TrapFrame {
-                esr: 0x18 << 26 | IL,
+                esr: 0x18 << 26 | IL | iss,
                 elr: 0x2000,
                 spsr: 0x3c5,
                 ..TrapFrame::default()
@@ -687,6 +685,36 @@ mod tests {
             assert_eq!(fake.injected.unwrap().esr_el1, IL);
             assert_eq!(frame.elr, VBAR + 0x200);
         }
-        assert_eq!(fake.polls, 3, "at 1000, 2000 and 5000");
+    }
+
+    #[test]
+    fn a_guest_sgi_reaches_only_its_own_cpus() {
+        let state = state();
+        state.slots.claim(1).unwrap();
+        let mut fake = Fake::default();
+        // MSR ICC_SGI1R_EL1, x7: SGI 3 to CPUs 0..=3 of cluster 0; only 0 and 1 are the guest's.
+        let msr = 3 << 20 | 5 << 17 | 12 << 10 | 7 << 5 | 11 << 1;
+        let mut frame = TrapFrame {
+            esr: 0x18 << 26 | IL | msr,
+            elr: 0x2000,
+            ..TrapFrame::default()
+        };
+        frame.registers[7] = 3 << 24 | 0b1111;
+        handle(&mut frame, &vm(), &state, &mut fake);
+        assert_eq!(fake.sgis, [(3, 0), (3, 1)]);
+        assert_eq!(frame.elr, 0x2004);
+        assert!(fake.injected.is_none());
+        assert_eq!(state.counters.get(ExitReason::SgiSent), 2);
+        assert_eq!(state.counters.get(ExitReason::SgiRefused), 2);
+        // ICC_SGI0R_EL1 (Group 0: no guest interrupt is): completes, sends nothing.
+        let sgi0r = 3 << 20 | 7 << 17 | 12 << 10 | 7 << 5 | 11 << 1;
+        let mut frame = TrapFrame {
+            esr: 0x18 << 26 | IL | sgi0r,
+            elr: 0x2000,
+            ..TrapFrame::default()
+        };
+        handle(&mut frame, &vm(), &state, &mut fake);
+        assert_eq!(fake.sgis.len(), 2);
+        assert_eq!(frame.elr, 0x2004);
     }
 }

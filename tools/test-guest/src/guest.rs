@@ -1,6 +1,7 @@
 //! The guest proper (aarch64 only).
 
 mod containment;
+mod interrupts;
 
 use aarch64_paging::descriptor::El1Attributes;
 use aarch64_rt::{
@@ -438,6 +439,41 @@ fn run_bench(out: &mut Console) {
             el2 / N
         );
     }
+    // Interrupts, end to end: each case's count covers the trap (if any), the physical
+    // interrupt taken at EL2, its injection and the guest's acknowledge and end.
+    interrupts::bench::prepare();
+    let edu = edu_present();
+    let interrupt_cases: [(&str, &dyn Fn(), bool); 3] = [
+        (
+            "gicd-write-emulated (GICD_ISENABLER of a guest SPI)",
+            &interrupts::bench::distributor_write,
+            true,
+        ),
+        (
+            "sgi-to-self (trapped send, taken at EL2, injected, acknowledged, ended)",
+            &interrupts::bench::sgi_to_self,
+            true,
+        ),
+        (
+            "device-interrupt (edu raises, taken at EL2, injected HW=1, acknowledged, ended)",
+            &|| interrupts::bench::device_interrupt(EDU_BAR0),
+            edu,
+        ),
+    ];
+    for (name, case, available) in interrupt_cases {
+        if !available {
+            let _ = writeln!(out, "BENCH {name}: not available (no edu device)");
+            continue;
+        }
+        let total = pmu::count(Levels::GuestAndHypervisor, N, case);
+        let el2 = pmu::count(Levels::Hypervisor, N, case);
+        let _ = writeln!(
+            out,
+            "BENCH {name}: {} instructions each, {} of them at EL2",
+            total / N,
+            el2 / N
+        );
+    }
     let baseline = pmu::count(Levels::GuestAndHypervisor, N, || core::hint::black_box(()));
     let _ = writeln!(
         out,
@@ -459,6 +495,51 @@ fn check_cpu_on_running_cpu_refused() -> Outcome {
         Ok(())
     } else {
         Err("CPU_ON for a running CPU was not ALREADY_ON")
+    }
+}
+
+/// The `gic` mode's checks (see `interrupts`), with their own verdict.
+fn gic_checks(out: &mut impl Write) {
+    let mut failed = 0u32;
+    let mut report = |name: &str, outcome: Outcome| match outcome {
+        Ok(()) => {
+            let _ = writeln!(out, "GUEST: PASS {name}");
+        }
+        Err(why) => {
+            failed += 1;
+            let _ = writeln!(out, "GUEST: FAIL {name}: {why}");
+        }
+    };
+    report("virtual-timer-arrives", interrupts::virtual_timer_arrives());
+    report("own-sgi-arrives", interrupts::own_sgi_arrives());
+    let edu = edu_present();
+    report(
+        "device-interrupt-arrives",
+        if edu {
+            interrupts::device_interrupt_arrives(EDU_BAR0)
+        } else {
+            Err("no edu device at 00:01.0")
+        },
+    );
+    interrupts::sgi_to_another_cpu();
+    report(
+        "hypervisor-interrupts-untouchable",
+        interrupts::hypervisor_interrupts_untouchable(),
+    );
+    report(
+        "smmu-interrupt-fires-while-masked",
+        if edu {
+            interrupts::smmu_interrupt_fires_while_masked(|| {
+                edu_dma(EDU_BUFFER, 0x4000_0000, 64, true)
+            })
+        } else {
+            Err("no edu device at 00:01.0")
+        },
+    );
+    if failed == 0 {
+        let _ = writeln!(out, "GUEST VERDICT: PASS 5 checks");
+    } else {
+        let _ = writeln!(out, "GUEST VERDICT: FAIL {failed} of 5 checks failed");
     }
 }
 
@@ -515,6 +596,10 @@ fn main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         }
         Some("flood") => {
             flood(&mut out);
+            power_off();
+        }
+        Some("gic") => {
+            gic_checks(&mut out);
             power_off();
         }
         _ => {}

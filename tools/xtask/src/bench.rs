@@ -4,7 +4,7 @@
 //! from run to run (wall-clock time under TCG says little, and these machines are shared). Two
 //! runs:
 //! 1. the hypervisor alone with `hyp.selftest=bench`: its own costs at EL2 (command encode and
-//!    decode, CMD_SYNC round trips and batches on the SMMU, the per-trap event-queue look);
+//!    decode, CMD_SYNC round trips and batches on the SMMU, the event-queue look each SMMU interrupt makes);
 //! 2. the test guest with `bench` on its command line: it counts with its PMU the instructions
 //!    of each kind of trap, at EL1 and EL2 together and at EL2 alone. The hypervisor hides EL2
 //!    from the guest's PMU unless told otherwise: this run passes `hyp.pmu=el2-visible`, and
@@ -57,7 +57,14 @@ pub(crate) fn bench_command(args: &[String]) -> Result<ExitCode> {
             elf: guest.elf,
             args: "bench".into(),
         },
-        extra_qemu_args: icount,
+        extra_qemu_args: [
+            icount,
+            vec![
+                "-device".to_string(),
+                "edu,addr=1,dma_mask=0xffffffffffffffff".to_string(),
+            ],
+        ]
+        .concat(),
         timeout: Duration::from_secs(120),
         echo: false,
         ..RunOptions::default()

@@ -189,15 +189,16 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "refused: a virtio device (ID 4) attached to /virtio_mmio@a003e00 masters memory around the SMMU",
             "SMMU enabled: GBPA abort",
             "guest device tree:",
-            "guest redistributors: 2",
+            "guest GIC: distributor and 2 redistributors emulated",
             "guest streams 0x0 to 0xffff translate through stage 2 (guest RAM only",
             "entering the bare-metal guest",
             "vCPU 0x1 starting",
             "SMMU event FTranslation stream 0x8 read (stage 2) at 0x40000000",
             "guest asked for system off",
             "stage-2 faults",
+            // The LPI check's 11 redistributor and 2 distributor accesses, all emulated.
+            "exits: MmioHandled 13",
             // 6 named checks, 2 fw_cfg registers, 32 virtio-mmio probes and 16 register writes.
-            "exits: MmioHandled 11",
             "exits: ExternalAbortInjected 56",
             "exits: UndefinedInjected 1",
             "exits: UnsupportedCall 2",
@@ -221,6 +222,42 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         ],
         expect_log: &["exits: Hvc 100", "hypervisor exit: status 0"],
         forbid_log: &["panic", "benchmark mode"],
+        ..DEFAULTS
+    },
+    Scenario {
+        name: "guest-cannot-touch-hypervisor-interrupts",
+        description: "the test guest, given one vCPU on a two-CPU machine, takes its virtual timer and \
+                      an SGI to itself as virtual interrupts; an SGI it aims at the other CPU is \
+                      refused; edu's level-sensitive interrupt arrives twice (so the guest's end deactivated the \
+                      physical one); it writes every distributor and redistributor register that could \
+                      disable, retarget, reprioritise, regroup, pend or activate the hypervisor's \
+                      interrupts (the SMMU's SPIs, the maintenance interrupt, the EL2 timer) and \
+                      reads them back as unimplemented; then, with every interrupt masked at its \
+                      CPU interface and the distributor it sees disabled, it makes edu DMA fault \
+                      and spins without a trap: the hypervisor reports the SMMU event before the \
+                      guest's next call",
+        guest: ScenarioGuest::TestGuest,
+        guest_args: "gic",
+        hyp_args: Some("hyp.smp=1"),
+        qemu_args: &["-device", "edu,addr=1,dma_mask=0xffffffffffffffff"],
+        expect_console: &[
+            "GUEST: PASS virtual-timer-arrives",
+            "GUEST: PASS own-sgi-arrives",
+            "GUEST: PASS device-interrupt-arrives",
+            "GUEST: PASS hypervisor-interrupts-untouchable",
+            "GUEST: PASS smmu-interrupt-fires-while-masked",
+            "GUEST VERDICT: PASS 5 checks",
+        ],
+        expect_log: &[
+            "guest GIC: distributor and 2 redistributors emulated",
+            "entering the bare-metal guest",
+            "SMMU event FTranslation stream 0x8 write (stage 2) at 0x40000000",
+            "guest call 0xc6000bad: not supported",
+            "exits: SgiSent 1",
+            "exits: SgiRefused 1",
+            "hypervisor memory check: 6 regions intact",
+            "hypervisor exit: status 0",
+        ],
         ..DEFAULTS
     },
     Scenario {

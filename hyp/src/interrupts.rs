@@ -1,0 +1,415 @@
+//! Interrupts at EL2: the hypervisor takes every physical interrupt (HCR_EL2.IMO/FMO), handles
+//! its own (the SMMU's event queue and global errors, its EL2 timer, the virtual interface's
+//! maintenance interrupt), and injects the guest's through the list registers of the virtual
+//! CPU interface: device interrupts and timers with HW = 1, so that the guest's deactivation
+//! reaches the physical interrupt without another trap; SGIs (which the hypervisor forwarded
+//! from a trapped ICC_SGI1R_EL1) with HW = 0.
+//!
+//! The guest's distributor and redistributors are emulated devices ([`crate::gic`]) in the
+//! MMIO registry; this module sets the GIC up for that at boot and answers interrupts after.
+//! Every handler does a bounded amount of work per interrupt.
+
+use crate::arch::gic as hw;
+use crate::cpus::MAX_CPUS;
+use crate::gic::distributor::Distributor;
+use crate::gic::list_registers::{self, ListRegisters, PendingSet, Placed, VirtualInterrupt};
+use crate::gic::ownership::Ownership;
+use crate::gic::redistributor::{FRAME_SIZE, GuestRedistributors, Layout};
+use crate::gic::{FIRST_PPI, FIRST_SPI, GicMmio};
+use crate::stats::{self, ExitReason};
+use smmu::PhysRange;
+
+/// The virtual interface's maintenance interrupt (PPI 9), as the GIC binding and both
+/// platforms give it.
+pub const MAINTENANCE: u32 = 25;
+/// The EL2 physical timer (CNTHP, PPI 10).
+pub const EL2_TIMER: u32 = 26;
+/// The EL2 virtual timer (CNTHV, PPI 12): EL2's, not the guest's.
+pub const EL2_VIRTUAL_TIMER: u32 = 28;
+/// The priority the hypervisor gives its own interrupts.
+const HYPERVISOR_PRIORITY: u8 = 0x80;
+/// Interrupts handled per exception, at most; more stay pending and are taken right after.
+const PER_EXCEPTION: usize = 8;
+/// SMMU event records handled per interrupt or timer tick.
+const EVENTS_PER_RUN: u32 = 256;
+
+/// GIC register offsets the hypervisor programs.
+mod gicd {
+    pub(super) const CTLR: u64 = 0x0000;
+    pub(super) const TYPER: u64 = 0x0004;
+    pub(super) const IGROUPR: u64 = 0x0080;
+    pub(super) const ISENABLER: u64 = 0x0100;
+    pub(super) const IPRIORITYR: u64 = 0x0400;
+    pub(super) const ICFGR: u64 = 0x0c00;
+    pub(super) const IROUTER: u64 = 0x6000;
+}
+mod gicr {
+    pub(super) const WAKER: u64 = 0x0014;
+    pub(super) const IGROUPR0: u64 = 0x0080;
+    pub(super) const ISENABLER0: u64 = 0x0100;
+    pub(super) const IPRIORITYR: u64 = 0x0400;
+}
+
+/// The GIC's registers, reached by physical address through the EL2 map (which maps the
+/// distributor and the redistributor region as device memory).
+#[derive(Clone, Copy, Debug)]
+pub struct GicHardware;
+
+impl GicMmio for GicHardware {
+    fn read8(&self, address: u64) -> u8 {
+        // SAFETY: `crate::gic` and this module only pass addresses of GIC registers inside the
+        // distributor and redistributor windows, mapped as device memory at EL2.
+        unsafe { core::ptr::read_volatile(address as *const u8) }
+    }
+    fn read32(&self, address: u64) -> u32 {
+        // SAFETY: as `read8`.
+        unsafe { core::ptr::read_volatile(address as *const u32) }
+    }
+    fn read64(&self, address: u64) -> u64 {
+        // SAFETY: as `read8`.
+        unsafe { core::ptr::read_volatile(address as *const u64) }
+    }
+    fn write8(&self, address: u64, value: u8) {
+        // SAFETY: as `read8`; the callers decided the write is one the GIC may take.
+        unsafe { core::ptr::write_volatile(address as *mut u8, value) }
+    }
+    fn write32(&self, address: u64, value: u32) {
+        // SAFETY: as `write8`.
+        unsafe { core::ptr::write_volatile(address as *mut u32, value) }
+    }
+    fn write64(&self, address: u64, value: u64) {
+        // SAFETY: as `write8`.
+        unsafe { core::ptr::write_volatile(address as *mut u64, value) }
+    }
+}
+
+/// The hypervisor's interrupts and where the GIC is.
+#[derive(Debug)]
+struct Setup {
+    distributor: u64,
+    redistributors: Layout,
+    /// The MPIDR affinity of each redistributor's CPU (from GICR_TYPER), in region order.
+    affinities: heapless::Vec<u64, MAX_CPUS>,
+    ownership: Ownership,
+    smmu_events: Option<u32>,
+    smmu_global_errors: Option<u32>,
+    list_registers: usize,
+}
+
+static SETUP: spin::Once<Setup> = spin::Once::new();
+
+/// Interrupts waiting for a list register, per CPU.
+static WAITING: [spin::Mutex<PendingSet>; MAX_CPUS] =
+    [const { spin::Mutex::new(PendingSet::new()) }; MAX_CPUS];
+
+/// The guest's emulated distributor and redistributors.
+pub type GuestDistributor = Distributor<GicHardware>;
+/// The guest's emulated redistributors.
+pub type GuestRedistributorFrames = GuestRedistributors<GicHardware>;
+
+static GUEST_DISTRIBUTOR: spin::Once<spin::Mutex<GuestDistributor>> = spin::Once::new();
+static GUEST_REDISTRIBUTORS: spin::Once<spin::Mutex<GuestRedistributorFrames>> = spin::Once::new();
+
+/// Why the GIC could not be set up.
+#[derive(Clone, Copy, Debug, defmt::Format)]
+pub enum SetupError {
+    /// The redistributor region does not lay out.
+    Redistributors(crate::gic::redistributor::LayoutError),
+}
+
+/// The devices the guest's GIC accesses go to.
+#[allow(missing_debug_implementations, reason = "trait objects behind locks")]
+pub struct GuestGic {
+    /// The distributor device.
+    pub distributor: &'static spin::Mutex<GuestDistributor>,
+    /// The redistributor device.
+    pub redistributors: &'static spin::Mutex<GuestRedistributorFrames>,
+    /// How many redistributors.
+    pub count: usize,
+}
+
+/// Sets the GIC up for a guest (on the boot CPU, before it runs): the hypervisor's SPIs
+/// configured, routed here and enabled; every other implemented interrupt Group 1 and the
+/// guest's; the distributor enabled with affinity routing. The guest may route its SPIs to
+/// the first `vcpus` CPUs the redistributors describe.
+///
+/// # Errors
+///
+/// [`SetupError`] if the redistributor region is not what the GIC architecture lays out.
+pub fn set_up(
+    distributor: PhysRange,
+    redistributors: PhysRange,
+    smmu: &board::SmmuInterrupts,
+    boot_cpu: u64,
+    vcpus: usize,
+) -> Result<GuestGic, SetupError> {
+    let gic = GicHardware;
+    let base = distributor.base.get();
+    let layout = Layout::discover(redistributors, |frame| gic.read64(frame + 0x8))
+        .map_err(SetupError::Redistributors)?;
+    // GICR_TYPER[63:32] is Aff3.Aff2.Aff1.Aff0 of the redistributor's CPU.
+    let affinities: heapless::Vec<u64, MAX_CPUS> = (0..layout.count)
+        .map(|index| {
+            let typer = gic.read64(redistributors.base.get() + index as u64 * layout.stride + 0x8);
+            let affinity = typer >> 32;
+            (affinity & 0xff00_0000) << 8 | affinity & 0x00ff_ffff
+        })
+        .collect();
+    let guest_cpus: heapless::Vec<u64, MAX_CPUS> = affinities.iter().copied().take(vcpus).collect();
+    let implemented = (gic.read32(base + gicd::TYPER) & 0x1f).saturating_add(1) * 32;
+    let smmu_events = smmu.eventq.or(smmu.combined).and_then(|i| i.intid());
+    let smmu_global_errors = smmu.gerror.and_then(|i| i.intid());
+    let mut hypervisor: heapless::Vec<u32, 8> = heapless::Vec::new();
+    let smmu_all = [
+        smmu.eventq,
+        smmu.priq,
+        smmu.cmdq_sync,
+        smmu.gerror,
+        smmu.combined,
+    ];
+    for intid in smmu_all
+        .iter()
+        .flatten()
+        .filter_map(board::Interrupt::intid)
+    {
+        let _ = hypervisor.push(intid);
+    }
+    for intid in [MAINTENANCE, EL2_TIMER, EL2_VIRTUAL_TIMER] {
+        let _ = hypervisor.push(intid);
+    }
+    let ownership = Ownership::new(implemented, &hypervisor);
+
+    // Every implemented SPI in Group 1 (the guest's view is that too).
+    for first in (FIRST_SPI..implemented).step_by(32) {
+        gic.write32(base + gicd::IGROUPR + u64::from(first / 8), u32::MAX);
+    }
+    // The hypervisor's SPIs: their trigger, its priority, routed to the boot CPU, enabled.
+    for interrupt in smmu_all.iter().flatten() {
+        let Some(intid) = interrupt.intid().filter(|&i| i >= FIRST_SPI) else {
+            continue;
+        };
+        let config = base + gicd::ICFGR + u64::from(intid / 16 * 4);
+        let shift = (intid % 16) * 2;
+        let edge = matches!(
+            interrupt.trigger,
+            board::Trigger::EdgeRising | board::Trigger::EdgeFalling
+        );
+        let old = gic.read32(config);
+        gic.write32(
+            config,
+            old & !(0b11 << shift) | u32::from(edge) << (shift + 1),
+        );
+        gic.write8(
+            base + gicd::IPRIORITYR + u64::from(intid),
+            HYPERVISOR_PRIORITY,
+        );
+        gic.write64(base + gicd::IROUTER + 8 * u64::from(intid), boot_cpu);
+        if Some(intid) == smmu_events || Some(intid) == smmu_global_errors {
+            gic.write32(
+                base + gicd::ISENABLER + u64::from(intid / 32 * 4),
+                1 << (intid % 32),
+            );
+        }
+    }
+    // Affinity routing, Group 1 on (bit 1: EnableGrp1 with security disabled, EnableGrp1A
+    // in the Non-secure view).
+    let ctlr = gic.read32(base + gicd::CTLR);
+    gic.write32(base + gicd::CTLR, ctlr | 1 << 4);
+    gic.write32(base + gicd::CTLR, ctlr | 1 << 4 | 1 << 1);
+    for _ in 0..1_000_000 {
+        if gic.read32(base + gicd::CTLR) & 1 << 31 == 0 {
+            break;
+        }
+    }
+
+    let setup = SETUP.call_once(|| Setup {
+        distributor: base,
+        redistributors: layout,
+        affinities,
+        ownership: ownership.clone(),
+        smmu_events,
+        smmu_global_errors,
+        list_registers: hw::list_register_count(),
+    });
+    let distributor = GUEST_DISTRIBUTOR.call_once(|| {
+        spin::Mutex::new(Distributor::new(base, gic, ownership.clone(), &guest_cpus))
+    });
+    let frames = GUEST_REDISTRIBUTORS
+        .call_once(|| spin::Mutex::new(GuestRedistributors::new(layout, gic, ownership)));
+    Ok(GuestGic {
+        distributor,
+        redistributors: frames,
+        count: setup.redistributors.count,
+    })
+}
+
+/// The index of the redistributor of the CPU with affinity `mpidr`.
+fn redistributor_of(setup: &Setup, mpidr: u64) -> Option<usize> {
+    setup
+        .affinities
+        .iter()
+        .position(|&affinity| affinity == mpidr & crate::cpus::AFFINITY_MASK)
+}
+
+/// Sets up this CPU's part of the GIC (every CPU, before it runs the guest): its
+/// redistributor awake, its SGIs and PPIs in Group 1, the maintenance interrupt and the EL2
+/// timer enabled; its CPU interfaces (physical, and virtual with empty list registers).
+pub fn configure_cpu(mpidr: u64) {
+    let Some(setup) = SETUP.get() else { return };
+    let gic = GicHardware;
+    if let Some(index) = redistributor_of(setup, mpidr) {
+        let rd =
+            setup.redistributors.region.base.get() + index as u64 * setup.redistributors.stride;
+        let sgi = rd + FRAME_SIZE;
+        let waker = gic.read32(rd + gicr::WAKER);
+        gic.write32(rd + gicr::WAKER, waker & !(1 << 1));
+        for _ in 0..1_000_000 {
+            if gic.read32(rd + gicr::WAKER) & 1 << 2 == 0 {
+                break;
+            }
+        }
+        gic.write32(sgi + gicr::IGROUPR0, u32::MAX);
+        for intid in [MAINTENANCE, EL2_TIMER] {
+            gic.write8(
+                sgi + gicr::IPRIORITYR + u64::from(intid),
+                HYPERVISOR_PRIORITY,
+            );
+        }
+        gic.write32(sgi + gicr::ISENABLER0, 1 << MAINTENANCE | 1 << EL2_TIMER);
+    }
+    hw::configure_cpu_interfaces(setup.list_registers);
+}
+
+/// This CPU's list registers.
+struct Lrs {
+    count: usize,
+}
+
+impl ListRegisters for Lrs {
+    fn count(&self) -> usize {
+        self.count
+    }
+    fn empty(&self) -> u64 {
+        hw::empty_list_registers()
+    }
+    fn read(&self, n: usize) -> u64 {
+        hw::read_list_register(n)
+    }
+    fn write(&mut self, n: usize, value: u64) {
+        hw::write_list_register(n, value);
+    }
+    fn set_underflow_interrupt(&mut self, enabled: bool) {
+        hw::set_underflow_interrupt(enabled);
+    }
+}
+
+/// The guest's priority for `intid` on the CPU whose redistributor is `redistributor`, as the
+/// hardware holds it.
+fn guest_priority(setup: &Setup, redistributor: usize, intid: u32) -> u8 {
+    let gic = GicHardware;
+    if intid >= FIRST_SPI {
+        gic.read8(setup.distributor + gicd::IPRIORITYR + u64::from(intid))
+    } else {
+        let sgi = setup.redistributors.region.base.get()
+            + redistributor as u64 * setup.redistributors.stride
+            + FRAME_SIZE;
+        gic.read8(sgi + gicr::IPRIORITYR + u64::from(intid))
+    }
+}
+
+/// Where this CPU's state is: its stack slot (for the waiting set) and its redistributor.
+#[derive(Clone, Copy, Debug)]
+pub struct ThisCpu {
+    /// Its stack slot.
+    pub slot: usize,
+    /// Its MPIDR.
+    pub mpidr: u64,
+}
+
+/// Makes the guest's `intid` pending on this CPU; `physical` links it to the physical
+/// interrupt of the same INTID (HW = 1).
+fn inject(setup: &Setup, cpu: ThisCpu, intid: u32, physical: bool) {
+    let redistributor = redistributor_of(setup, cpu.mpidr).unwrap_or(0);
+    let interrupt = VirtualInterrupt {
+        intid,
+        priority: guest_priority(setup, redistributor, intid),
+        physical: physical.then_some(intid),
+    };
+    let Some(waiting) = WAITING.get(cpu.slot) else {
+        return;
+    };
+    let mut lrs = Lrs {
+        count: setup.list_registers,
+    };
+    if list_registers::inject(interrupt, &mut lrs, &mut waiting.lock()) == Placed::Waiting {
+        let _ = stats::count(ExitReason::ListRegisterOverflow);
+    }
+}
+
+/// Answers the interrupts pending at this CPU's physical CPU interface, a bounded number at a
+/// time (called from the IRQ and FIQ vectors).
+pub fn handle(cpu: ThisCpu) {
+    let Some(setup) = SETUP.get() else { return };
+    for _ in 0..PER_EXCEPTION {
+        let intid = hw::acknowledge();
+        if intid >= hw::SPURIOUS {
+            return;
+        }
+        if !setup.ownership.is_guest(intid) {
+            let _ = stats::count(ExitReason::InterruptHypervisor);
+            handle_own(setup, cpu, intid);
+            hw::priority_drop(intid);
+            hw::deactivate(intid);
+            continue;
+        }
+        if intid < FIRST_PPI {
+            // A guest SGI another CPU forwarded: the physical one ends here.
+            let _ = stats::count(ExitReason::InterruptSgi);
+            inject(setup, cpu, intid, false);
+            hw::priority_drop(intid);
+            hw::deactivate(intid);
+        } else {
+            let class = if intid < FIRST_SPI {
+                ExitReason::InterruptTimer
+            } else {
+                ExitReason::InterruptDevice
+            };
+            let _ = stats::count(class);
+            // HW = 1: the guest's deactivation deactivates it; only the priority drops here.
+            inject(setup, cpu, intid, true);
+            hw::priority_drop(intid);
+        }
+    }
+}
+
+/// One of the hypervisor's own interrupts.
+fn handle_own(setup: &Setup, cpu: ThisCpu, intid: u32) {
+    if intid == MAINTENANCE {
+        let redistributor = redistributor_of(setup, cpu.mpidr).unwrap_or(0);
+        if let Some(waiting) = WAITING.get(cpu.slot) {
+            let mut lrs = Lrs {
+                count: setup.list_registers,
+            };
+            list_registers::refill(&mut lrs, &mut waiting.lock(), |intid| {
+                guest_priority(setup, redistributor, intid)
+            });
+        }
+    } else if Some(intid) == setup.smmu_events
+        || Some(intid) == setup.smmu_global_errors
+        || intid == EL2_TIMER
+    {
+        if intid == EL2_TIMER {
+            hw::disarm_el2_timer();
+        }
+        // Events left over (more than one run's budget) are taken on a deadline 1 ms on.
+        if crate::arch::smmu::drain_events(EVENTS_PER_RUN) {
+            let (now, frequency) = crate::arch::sysreg::counter();
+            hw::arm_el2_timer(now + frequency / 1000);
+        }
+    }
+}
+
+/// Sends the guest's SGI `intid` to CPU `mpidr` (a guest CPU: the trap path checked).
+pub fn send_sgi(intid: u32, mpidr: u64) {
+    hw::send_sgi(crate::gic::sgi::encode_for(intid, mpidr));
+}
