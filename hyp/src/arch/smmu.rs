@@ -204,7 +204,7 @@ pub fn confine_streams(
     root: PhysAddr,
     vmid: smmu::Vmid,
 ) -> Result<u32, ConfineError> {
-    use smmu::entry::install::check_physical_ste;
+    use smmu::entry::PhysicalSte;
     use smmu::entry::make::{Stage2Translation, make_stage2_ste};
     let mut guard = SMMU.lock();
     let Some(driver) = guard.as_mut() else {
@@ -213,27 +213,13 @@ pub fn confine_streams(
     let parameters = crate::stage2::smmu_stage2_parameters(root, vmid);
     let translation =
         Stage2Translation::new(parameters, driver.features()).map_err(ConfineError::Make)?;
-    let ste = make_stage2_ste(&translation);
-    check_physical_ste(&ste).map_err(ConfineError::Refused)?;
-    let mut count = 0;
-    for sid in first.get()..=last.get() {
-        // These entries are fresh (V = 0 since reset): written whole, qword 0 (with V) last,
-        // and made visible by one CFGI_ALL below rather than a sync per stream. A live entry
-        // would go through `smmu::entry::install_ste` instead.
-        let mut writer = driver
-            .ste_writer(StreamId(sid))
-            .map_err(ConfineError::Driver)?;
-        for (index, &word) in ste.words().iter().enumerate().rev() {
-            writer
-                .write_word(index, word)
-                .map_err(ConfineError::Driver)?;
-        }
-        count += 1;
-    }
-    driver
-        .submit_and_sync(&[smmu::command::Cmd::cfgi_all()])
+    let ste = PhysicalSte::check(make_stage2_ste(&translation)).map_err(ConfineError::Refused)?;
+    // Fresh streams (V = 0 since reset) are given the entry together, with two range
+    // invalidations in all; a live one would go through the hitless installer on its own.
+    let report = driver
+        .install_stes(first, last, &ste)
         .map_err(ConfineError::Driver)?;
-    Ok(count)
+    Ok(report.streams())
 }
 
 /// Events seen, and stage-2 faults among them (a device reaching outside its guest's RAM).
