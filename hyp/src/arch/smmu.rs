@@ -222,9 +222,14 @@ pub fn confine_streams(
     Ok(report.streams())
 }
 
-/// Events seen, and stage-2 faults among them (a device reaching outside its guest's RAM).
+/// What the SMMU reported, counted for the shutdown report: every event, the stage-2 faults
+/// among them (a device reaching outside its guest's RAM) by direction, overflows of the event
+/// queue, and global errors.
 static EVENTS_SEEN: AtomicU64 = AtomicU64::new(0);
-static STAGE2_FAULTS: AtomicU64 = AtomicU64::new(0);
+static STAGE2_READ_FAULTS: AtomicU64 = AtomicU64::new(0);
+static STAGE2_WRITE_FAULTS: AtomicU64 = AtomicU64::new(0);
+static OVERFLOWS: AtomicU64 = AtomicU64::new(0);
+static GLOBAL_ERRORS: AtomicU64 = AtomicU64::new(0);
 
 /// Takes, with a budget, what the SMMU reported since the last call. Stage-2 faults are the
 /// hypervisor's own business (a device tried to reach memory outside its guest); until the
@@ -233,13 +238,18 @@ pub fn drain_events(budget: u32) {
     let mut guard = SMMU.lock();
     let Some(driver) = guard.as_mut() else { return };
     let _ = driver.drain_events(budget, |intake| {
-        EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
         // A guest makes its devices fault at will (a failed DMA reports once per 4 bytes):
         // every line below is rate-limited, everything is counted.
         match intake {
             EventIntake::Event(event) => {
+                EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
                 if event.s2 {
-                    STAGE2_FAULTS.fetch_add(1, Ordering::Relaxed);
+                    let faults = if event.rnw {
+                        &STAGE2_READ_FAULTS
+                    } else {
+                        &STAGE2_WRITE_FAULTS
+                    };
+                    faults.fetch_add(1, Ordering::Relaxed);
                 }
                 if stats::noise(GuestNoise::SmmuEvent) {
                     defmt::warn!(
@@ -253,6 +263,7 @@ pub fn drain_events(budget: u32) {
                 }
             }
             EventIntake::Undecodable { record, error } => {
+                EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
                 if stats::noise(GuestNoise::SmmuUndecodableEvent) {
                     defmt::warn!(
                         "SMMU event undecodable ({}): {=[?]:#x}",
@@ -262,6 +273,7 @@ pub fn drain_events(budget: u32) {
                 }
             }
             EventIntake::Overflowed => {
+                OVERFLOWS.fetch_add(1, Ordering::Relaxed);
                 if stats::noise(GuestNoise::SmmuEventsLost) {
                     defmt::warn!("SMMU event queue overflowed: events were lost")
                 }
@@ -269,17 +281,26 @@ pub fn drain_events(budget: u32) {
         }
     });
     let _ = driver.handle_global_errors(|error| {
+        GLOBAL_ERRORS.fetch_add(1, Ordering::Relaxed);
         if stats::noise(GuestNoise::SmmuGlobalError) {
             defmt::error!("SMMU global error: {}", error)
         }
     });
 }
 
-/// Logs the event counts.
+/// Takes what is left in the event queue (at most one queue's worth), then logs the counts.
 pub fn report_events() {
+    let entries = SMMU
+        .lock()
+        .as_ref()
+        .map_or(0, PhysicalSmmu::event_queue_entries);
+    drain_events(entries);
     defmt::info!(
-        "SMMU events: {=u64} in all, {=u64} stage-2 faults",
+        "SMMU events: {=u64} in all, {=u64} stage-2 read faults, {=u64} stage-2 write faults, {=u64} overflows, {=u64} global errors",
         EVENTS_SEEN.load(Ordering::Relaxed),
-        STAGE2_FAULTS.load(Ordering::Relaxed)
+        STAGE2_READ_FAULTS.load(Ordering::Relaxed),
+        STAGE2_WRITE_FAULTS.load(Ordering::Relaxed),
+        OVERFLOWS.load(Ordering::Relaxed),
+        GLOBAL_ERRORS.load(Ordering::Relaxed)
     );
 }
