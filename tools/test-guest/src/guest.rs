@@ -345,8 +345,12 @@ fn check_edu_cannot_read_hypervisor_memory() -> Outcome {
 }
 
 fn check_edu_cannot_write_hypervisor_memory() -> Outcome {
-    // The device's buffer holds the fill pattern; the hypervisor checks its side (the
+    // The device's buffer gets the fill pattern first: what it writes must differ from what
+    // is there (after a read that was not blocked, it would hold the target's own bytes, and
+    // writing them back would change nothing). The hypervisor checks its side (the
     // fingerprints of its device tree and image) at power-off.
+    fill(DMA_SOURCE, 512, DEVICE_FILL);
+    edu_dma(DMA_SOURCE as u64, EDU_BUFFER, 4096, false)?;
     edu_dma(EDU_BUFFER, HYPERVISOR_TREE, BLOCKED_DMA_BYTES, true)?;
     edu_dma(EDU_BUFFER, HYPERVISOR_IMAGE, BLOCKED_DMA_BYTES, true)
 }

@@ -222,7 +222,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "SMMU enabled: GBPA abort",
             "guest device tree:",
             "guest redistributors: 2",
-            "guest streams 0x0 to 0xffff translate through stage 2 (guest RAM only",
+            "SMMU: 65536 guest streams 0x0 to 0xffff translate through stage 2 (guest RAM only",
             "entering the bare-metal guest",
             "vCPU 0x1 starting",
             "SMMU event FTranslation stream 0x8 read (stage 2) at 0x40000000",
@@ -362,7 +362,8 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         expect_status: 0,
         expect_console: &["GUEST VERDICT: PASS"],
         expect_log: &[
-            "guest streams 0x0 to 0xffff translate through stage 2",
+            // The count is what the driver installed; the range is what was asked for.
+            "SMMU: 65536 guest streams 0x0 to 0xffff translate through stage 2",
             "entering Linux",
             "vCPU 0x1 starting",
             "guest asked for system off",
