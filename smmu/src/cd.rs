@@ -44,7 +44,9 @@ impl Cd {
     /// An all-zero CD: V=0, so transactions using it are terminated (C_BAD_CD).
     pub const INVALID: Cd = Cd([0; 8]);
 
-    /// The CD with these words.
+    /// The CD with these words. Public because a guest's CDs must be decoded; a value made
+    /// here is data, and reaches the physical SMMU only through
+    /// [`PhysicalCd::check`](crate::entry::PhysicalCd::check), the physical guard.
     #[must_use]
     pub const fn from_words(words: [u64; 8]) -> Self {
         Self(words)

@@ -11,6 +11,9 @@
 //! - [`testing`]: a fake register file for host tests.
 
 #![cfg_attr(not(test), no_std)]
+// The crate touches no hardware itself: registers and DMA memory come through traits the
+// hypervisor implements (with its own `unsafe`). Host tests may need `unsafe` for test doubles.
+#![cfg_attr(not(test), forbid(unsafe_code))]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 

@@ -235,7 +235,9 @@ impl Ste {
     /// An all-zero STE: V=0, so the SMMU reports C_BAD_STE for the stream.
     pub const INVALID: Ste = Ste([0; 8]);
 
-    /// The STE with these words.
+    /// The STE with these words. Public because a guest's STEs must be decoded; a value made
+    /// here is data, and reaches the physical SMMU only through
+    /// [`PhysicalSte::check`](crate::entry::PhysicalSte::check), the physical guard.
     #[must_use]
     pub const fn from_words(words: [u64; 8]) -> Self {
         Self(words)

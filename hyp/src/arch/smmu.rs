@@ -204,7 +204,7 @@ pub fn confine_streams(
     root: PhysAddr,
     vmid: smmu::Vmid,
 ) -> Result<u32, ConfineError> {
-    use smmu::entry::install::check_physical_ste;
+    use smmu::entry::PhysicalSte;
     use smmu::entry::make::{Stage2Translation, make_stage2_ste};
     let mut guard = SMMU.lock();
     let Some(driver) = guard.as_mut() else {
@@ -213,32 +213,23 @@ pub fn confine_streams(
     let parameters = crate::stage2::smmu_stage2_parameters(root, vmid);
     let translation =
         Stage2Translation::new(parameters, driver.features()).map_err(ConfineError::Make)?;
-    let ste = make_stage2_ste(&translation);
-    check_physical_ste(&ste).map_err(ConfineError::Refused)?;
-    let mut count = 0;
-    for sid in first.get()..=last.get() {
-        // These entries are fresh (V = 0 since reset): written whole, qword 0 (with V) last,
-        // and made visible by one CFGI_ALL below rather than a sync per stream. A live entry
-        // would go through `smmu::entry::install_ste` instead.
-        let mut writer = driver
-            .ste_writer(StreamId(sid))
-            .map_err(ConfineError::Driver)?;
-        for (index, &word) in ste.words().iter().enumerate().rev() {
-            writer
-                .write_word(index, word)
-                .map_err(ConfineError::Driver)?;
-        }
-        count += 1;
-    }
-    driver
-        .submit_and_sync(&[smmu::command::Cmd::cfgi_all()])
+    let ste = PhysicalSte::check(make_stage2_ste(&translation)).map_err(ConfineError::Refused)?;
+    // Fresh streams (V = 0 since reset) are given the entry together, with two range
+    // invalidations in all; a live one would go through the hitless installer on its own.
+    let report = driver
+        .install_stes(first, last, &ste)
         .map_err(ConfineError::Driver)?;
-    Ok(count)
+    Ok(report.streams())
 }
 
-/// Events seen, and stage-2 faults among them (a device reaching outside its guest's RAM).
+/// What the SMMU reported, counted for the shutdown report: every event, the stage-2 faults
+/// among them (a device reaching outside its guest's RAM) by direction, overflows of the event
+/// queue, and global errors.
 static EVENTS_SEEN: AtomicU64 = AtomicU64::new(0);
-static STAGE2_FAULTS: AtomicU64 = AtomicU64::new(0);
+static STAGE2_READ_FAULTS: AtomicU64 = AtomicU64::new(0);
+static STAGE2_WRITE_FAULTS: AtomicU64 = AtomicU64::new(0);
+static OVERFLOWS: AtomicU64 = AtomicU64::new(0);
+static GLOBAL_ERRORS: AtomicU64 = AtomicU64::new(0);
 
 /// Takes, with a budget, what the SMMU reported since the last call. Stage-2 faults are the
 /// hypervisor's own business (a device tried to reach memory outside its guest); until the
@@ -251,13 +242,18 @@ pub fn drain_events(budget: u32) -> bool {
         return false;
     };
     let report = driver.drain_events(budget, |intake| {
-        EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
         // A guest makes its devices fault at will (a failed DMA reports once per 4 bytes):
         // every line below is rate-limited, everything is counted.
         match intake {
             EventIntake::Event(event) => {
+                EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
                 if event.s2 {
-                    STAGE2_FAULTS.fetch_add(1, Ordering::Relaxed);
+                    let faults = if event.rnw {
+                        &STAGE2_READ_FAULTS
+                    } else {
+                        &STAGE2_WRITE_FAULTS
+                    };
+                    faults.fetch_add(1, Ordering::Relaxed);
                 }
                 if stats::noise(GuestNoise::SmmuEvent) {
                     defmt::warn!(
@@ -271,6 +267,7 @@ pub fn drain_events(budget: u32) -> bool {
                 }
             }
             EventIntake::Undecodable { record, error } => {
+                EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
                 if stats::noise(GuestNoise::SmmuUndecodableEvent) {
                     defmt::warn!(
                         "SMMU event undecodable ({}): {=[?]:#x}",
@@ -280,6 +277,7 @@ pub fn drain_events(budget: u32) -> bool {
                 }
             }
             EventIntake::Overflowed => {
+                OVERFLOWS.fetch_add(1, Ordering::Relaxed);
                 if stats::noise(GuestNoise::SmmuEventsLost) {
                     defmt::warn!("SMMU event queue overflowed: events were lost")
                 }
@@ -287,6 +285,7 @@ pub fn drain_events(budget: u32) -> bool {
         }
     });
     let _ = driver.handle_global_errors(|error| {
+        GLOBAL_ERRORS.fetch_add(1, Ordering::Relaxed);
         if stats::noise(GuestNoise::SmmuGlobalError) {
             defmt::error!("SMMU global error: {}", error)
         }
@@ -294,11 +293,19 @@ pub fn drain_events(budget: u32) -> bool {
     report.is_ok_and(|report| report.remaining != 0)
 }
 
-/// Logs the event counts.
+/// Takes what is left in the event queue (at most one queue's worth), then logs the counts.
 pub fn report_events() {
+    let entries = SMMU
+        .lock()
+        .as_ref()
+        .map_or(0, PhysicalSmmu::event_queue_entries);
+    let _ = drain_events(entries);
     defmt::info!(
-        "SMMU events: {=u64} in all, {=u64} stage-2 faults",
+        "SMMU events: {=u64} in all, {=u64} stage-2 read faults, {=u64} stage-2 write faults, {=u64} overflows, {=u64} global errors",
         EVENTS_SEEN.load(Ordering::Relaxed),
-        STAGE2_FAULTS.load(Ordering::Relaxed)
+        STAGE2_READ_FAULTS.load(Ordering::Relaxed),
+        STAGE2_WRITE_FAULTS.load(Ordering::Relaxed),
+        OVERFLOWS.load(Ordering::Relaxed),
+        GLOBAL_ERRORS.load(Ordering::Relaxed)
     );
 }

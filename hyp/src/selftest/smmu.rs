@@ -6,7 +6,8 @@
 //! stage-2 regime, [`crate::stage2`]'s geometry and attributes, a static table pool), stage-1
 //! tables by hand (4 KiB granule, 39-bit input, walk from level 1) so that their next-level
 //! pointers can be IPAs under nesting, and every STE and CD with `smmu::entry`'s make functions,
-//! installed by its hitless installer through the driver's STE writer. DMA buffers are static
+//! passed through the physical guard (`PhysicalSte::check`, `PhysicalCd::check`) and installed
+//! by its hitless installer: STEs with the driver's `install_ste`, the one way to write one. DMA buffers are static
 //! pages in the image's bss (identity mapped: a pointer is a physical address). One case drives
 //! a `smmu::domain::Stage2Domain` (its own static table pool, a pin table over two of those
 //! pages) through map, unmap, invalidation, sync and completion, with real TLB invalidation
@@ -19,7 +20,7 @@
 
 use super::edu::{self, Direction, Edu};
 use crate::arch::power::{ExitStatus, exit};
-use crate::arch::smmu::{HypPlatform, PhysicalSmmu, SMMU, SmmuRegisters, StaticDma};
+use crate::arch::smmu::{PhysicalSmmu, SMMU};
 use crate::page_pool::{PageFrame, PagePool, StaticFrames};
 use crate::stage2::{self, Stage2Kind};
 use aarch64_paging::{
@@ -36,15 +37,15 @@ use smmu::domain::{
     CompletionError, DomainConfig, PageState, Permissions, PinError, PinTable, Refused,
     Stage2Domain, Stage2Geometry, Stage2Invalidation, Stage2Use, WalkAttributes,
 };
-use smmu::driver::{CommandErrorKind, Error as DriverError, EventIntake, Platform, SteWriter};
+use smmu::driver::{CommandErrorKind, Error as DriverError, EventIntake, InstallPoint, Platform};
 use smmu::entry::install::{
-    EntryWriter, InstallError, InstallReport, PhysicalEntryError, UpdatePath, check_physical_ste,
-    install_cd, install_ste,
+    EntryWriter, InstallReport, PhysicalEntryError, UpdatePath, check_physical_ste, install_cd,
 };
 use smmu::entry::make::{
     ContextTable, ContextTableParameters, Mair, Stage1Parameters, Stage1Translation,
     Stage2Translation, make_abort_ste, make_cd, make_nested_ste, make_stage1_ste, make_stage2_ste,
 };
+use smmu::entry::{PhysicalCd, PhysicalSte};
 use smmu::event::{Event, EventAddress, EventId, FaultClass};
 use smmu::hardware::RegisterAccess;
 use smmu::queue::QueuePointer;
@@ -228,28 +229,94 @@ fn pattern(seed: u64) -> impl Fn(usize) -> u64 {
     move |word| seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (word as u64).wrapping_mul(0x0101_0101)
 }
 
-/// The installer's stores and syncs, through the driver's STE writer.
-struct SteInstallWriter<'d> {
-    writer: SteWriter<'d, SmmuRegisters, StaticDma, HypPlatform>,
-    /// A store the writer refused (a word index above 7: cannot happen with the installer),
-    /// reported by the next sync.
-    refused: Option<DriverError>,
+/// `ste` through the physical guard: the only way to an STE the driver will install.
+fn physical(ste: &Ste) -> Result<PhysicalSte, &'static str> {
+    PhysicalSte::check(*ste).map_err(|error| {
+        defmt::error!("physical guard: {}", error);
+        "the physical guard refused a made STE"
+    })
 }
 
-impl EntryWriter for SteInstallWriter<'_> {
-    type Error = DriverError;
-
-    fn write_qword(&mut self, index: usize, value: u64) {
-        if let Err(error) = self.writer.write_word(index, value) {
-            self.refused.get_or_insert(error);
-        }
+/// Fills page `source` with the pattern of `seed`, has the device read a page from
+/// `source_iova` and write it to `destination_iova`.
+fn copy_pattern(
+    edu: &mut Edu,
+    pages: &Pages,
+    source: usize,
+    (source_iova, destination_iova): (u64, u64),
+    seed: u64,
+) -> Result<(), &'static str> {
+    pages.fill(source, pattern(seed));
+    for (direction, address) in [
+        (Direction::RamToDevice, source_iova),
+        (Direction::DeviceToRam, destination_iova),
+    ] {
+        edu.dma(direction, address, 0, edu::DEVICE_BUFFER_SIZE)
+            .map_err(|error| {
+                defmt::error!("edu DMA {} at {=u64:#x}: {}", direction, address, error);
+                "edu DMA did not complete"
+            })?;
     }
+    Ok(())
+}
 
-    fn sync(&mut self) -> Result<(), DriverError> {
-        if let Some(error) = self.refused.take() {
-            return Err(error);
+/// DMA through every state a stage-2 switch from table A to table B exposes: at each point of
+/// the install, a fresh pattern is copied to IPA_DESTINATION, and must land whole in A's
+/// destination page or in B's, with the other page untouched.
+struct SwitchTraffic<'a> {
+    edu: &'a mut Edu,
+    pages: &'a Pages,
+    seed: &'a mut u64,
+    /// Transfers that landed through table A, and through table B.
+    through_a: u32,
+    through_b: u32,
+    /// The first transfer that did not.
+    failure: Option<&'static str>,
+}
+
+impl SwitchTraffic<'_> {
+    fn probe(&mut self, point: InstallPoint) {
+        if self.failure.is_some() {
+            return;
         }
-        self.writer.invalidate()
+        *self.seed += 1;
+        let seed = *self.seed;
+        self.pages.fill(page::DESTINATION, |_| 0);
+        self.pages.fill(page::DESTINATION_B, |_| 0);
+        if let Err(why) = copy_pattern(
+            self.edu,
+            self.pages,
+            page::SOURCE,
+            (IPA_SOURCE, IPA_DESTINATION),
+            seed,
+        ) {
+            self.failure = Some(why);
+            return;
+        }
+        let holds = |index| {
+            self.pages
+                .first_difference(index, WORDS_PER_PAGE, pattern(seed))
+                .is_none()
+        };
+        let untouched = |index| {
+            self.pages
+                .first_difference(index, WORDS_PER_PAGE, |_| 0)
+                .is_none()
+        };
+        let landed = match (holds(page::DESTINATION), holds(page::DESTINATION_B)) {
+            (true, false) if untouched(page::DESTINATION_B) => "A",
+            (false, true) if untouched(page::DESTINATION) => "B",
+            _ => {
+                self.failure = Some("a DMA during the switch landed neither wholly in A nor in B");
+                return;
+            }
+        };
+        if landed == "A" {
+            self.through_a += 1;
+        } else {
+            self.through_b += 1;
+        }
+        defmt::info!("  DMA at {}: landed through table {=str}", point, landed);
     }
 }
 
@@ -543,29 +610,17 @@ impl<'a> Conformance<'a> {
         self.pages.address(index)
     }
 
-    /// Installs `target` on the test's stream with the hitless installer, or says why not.
-    fn try_install(
-        &mut self,
-        target: &Ste,
-    ) -> Result<Result<InstallReport, InstallError<DriverError>>, &'static str> {
-        let writer = self.driver.ste_writer(self.stream).map_err(|error| {
-            defmt::error!("STE writer: {}", error);
-            "no STE writer for the stream"
-        })?;
-        let mut writer = SteInstallWriter {
-            writer,
-            refused: None,
-        };
-        let mut current = writer.writer.read();
-        Ok(install_ste(&mut writer, &mut current, target))
-    }
-
-    /// Installs `target` and invalidates the TLB entries of the test's VMIDs.
+    /// Installs `target` (through the physical guard) with the driver's hitless installer, and
+    /// invalidates the TLB entries of the test's VMIDs.
     fn install(&mut self, target: &Ste) -> Result<InstallReport, &'static str> {
-        let report = self.try_install(target)?.map_err(|error| {
-            defmt::error!("STE install: {}", error);
-            "STE install failed"
-        })?;
+        let target = physical(target)?;
+        let report = self
+            .driver
+            .install_ste(self.stream, &target)
+            .map_err(|error| {
+                defmt::error!("STE install: {}", error);
+                "STE install failed"
+            })?;
         defmt::debug!("STE installed: {}", report);
         self.invalidate_tlbs()?;
         Ok(report)
@@ -593,7 +648,11 @@ impl<'a> Conformance<'a> {
             page,
             stream: self.stream,
         };
-        install_cd(&mut writer, &mut current, target).map_err(|error| {
+        let target = PhysicalCd::check(*target).map_err(|error| {
+            defmt::error!("physical guard: {}", error);
+            "the physical guard refused a made CD"
+        })?;
+        install_cd(&mut writer, &mut current, &target).map_err(|error| {
             defmt::error!("CD install: {}", error);
             "CD install failed"
         })
@@ -625,12 +684,12 @@ impl<'a> Conformance<'a> {
         destination_iova: u64,
     ) -> Result<u64, &'static str> {
         let seed = self.next_seed();
-        self.pages.fill(source, pattern(seed));
-        self.dma(Direction::RamToDevice, source_iova, edu::DEVICE_BUFFER_SIZE)?;
-        self.dma(
-            Direction::DeviceToRam,
-            destination_iova,
-            edu::DEVICE_BUFFER_SIZE,
+        copy_pattern(
+            &mut self.edu,
+            &self.pages,
+            source,
+            (source_iova, destination_iova),
+            seed,
         )?;
         Ok(seed)
     }
@@ -670,6 +729,22 @@ impl<'a> Conformance<'a> {
                     got
                 );
                 Err("a blocked DMA reached memory")
+            }
+        }
+    }
+
+    /// Checks that page `index` still holds only zeros.
+    fn expect_untouched(&self, index: usize) -> Result<(), &'static str> {
+        match self.pages.first_difference(index, WORDS_PER_PAGE, |_| 0) {
+            None => Ok(()),
+            Some((word, got)) => {
+                defmt::warn!(
+                    "page {=usize} word {=usize} written: {=u64:#x}",
+                    index,
+                    word,
+                    got
+                );
+                Err("the data also landed where the old translation points")
             }
         }
     }
@@ -935,26 +1010,64 @@ impl<'a> Conformance<'a> {
     }
 
     /// Case 6: the live stage-2 STE moves from table A to table B (same VMID, new S2TTB):
-    /// the installer must take the hitless path (one store, to qword 3), DMA before lands in
-    /// A's destination and DMA after in B's, and nothing is reported.
+    /// the installer must take the hitless path (one store, to qword 3, one sync). DMA runs
+    /// through the switch: at each point of the install (after the store, after its sync) a
+    /// transfer must land wholly through A or wholly through B, never fault nor land elsewhere.
+    /// After the install and a TLB invalidation, DMA lands through B; nothing is reported.
     fn hitless_stage2_replace(&mut self) -> Result<(), &'static str> {
         let ste_a = self.stage2_ste(&self.stage2_a);
-        let ste_b = self.stage2_ste(&self.stage2_b);
+        let ste_b = physical(&self.stage2_ste(&self.stage2_b))?;
         self.install(&ste_a)?;
         self.pages.fill(page::DESTINATION, |_| 0);
         self.pages.fill(page::DESTINATION_B, |_| 0);
         let before = self.copy_through(IPA_SOURCE, IPA_DESTINATION)?;
-        let report = self.install(&ste_b)?;
-        defmt::info!("  stage-2 replace: {}", report);
+        self.expect_pattern(page::DESTINATION, before)?;
+        let Self {
+            driver,
+            edu,
+            pages,
+            stream,
+            seed,
+            ..
+        } = self;
+        let mut traffic = SwitchTraffic {
+            edu,
+            pages,
+            seed,
+            through_a: 0,
+            through_b: 0,
+            failure: None,
+        };
+        let report = driver
+            .install_ste_observed(*stream, &ste_b, |point, _| traffic.probe(point))
+            .map_err(|error| {
+                defmt::error!("STE install: {}", error);
+                "STE install failed"
+            })?;
+        defmt::info!(
+            "  stage-2 replace: {}; DMA during it: {=u32} through A, {=u32} through B",
+            report,
+            traffic.through_a,
+            traffic.through_b
+        );
+        if let Some(why) = traffic.failure {
+            return Err(why);
+        }
+        if traffic.through_a + traffic.through_b != 2 * u32::from(report.syncs) {
+            return Err("DMA did not run at every point of the install");
+        }
         if report.path != (UpdatePath::Hitless { critical_qword: 3 })
             || report.writes != 1
             || report.syncs != 1
         {
             return Err("the installer did not take the one-store hitless path");
         }
+        self.invalidate_tlbs()?;
+        self.pages.fill(page::DESTINATION, |_| 0);
+        self.pages.fill(page::DESTINATION_B, |_| 0);
         let after = self.copy_through(IPA_SOURCE, IPA_DESTINATION)?;
-        self.expect_pattern(page::DESTINATION, before)?;
         self.expect_pattern(page::DESTINATION_B, after)?;
+        self.expect_untouched(page::DESTINATION)?;
         self.drain().expect_none()
     }
 
@@ -991,8 +1104,9 @@ impl<'a> Conformance<'a> {
     }
 
     /// Case 8: an STE enabling stage 2 with S2AA64 = 0 (which makes QEMU abort) is refused by
-    /// the physical guard and by the installer before any store; the STE in memory is
-    /// unchanged, and the SMMU (so QEMU) still answers and translates afterwards.
+    /// the physical guard, so no `PhysicalSte` (the only thing the driver installs) can be
+    /// made of it; the STE in memory is unchanged, and the SMMU (so QEMU) still answers and
+    /// translates afterwards.
     fn s2aa64_zero_refused(&mut self) -> Result<(), &'static str> {
         let mut bad = self.stage2_ste(&self.stage2_a);
         bad.set_s2aa64(false);
@@ -1003,21 +1117,17 @@ impl<'a> Conformance<'a> {
             .driver
             .read_ste(self.stream)
             .map_err(|_| "STE unreadable")?;
-        let outcome = self.try_install(&bad)?;
-        defmt::info!("  install of S2AA64 = 0: {}", outcome);
-        if outcome
-            != Err(InstallError::TargetRefused(
-                PhysicalEntryError::Stage2WithoutAArch64,
-            ))
-        {
-            return Err("the installer did not refuse the target");
+        let outcome = PhysicalSte::check(bad);
+        defmt::info!("  PhysicalSte from S2AA64 = 0: {}", outcome);
+        if outcome != Err(PhysicalEntryError::Stage2WithoutAArch64) {
+            return Err("a PhysicalSte was made from an S2AA64 = 0 STE");
         }
         let after = self
             .driver
             .read_ste(self.stream)
             .map_err(|_| "STE unreadable")?;
         if before != after {
-            return Err("the STE changed although the install was refused");
+            return Err("the STE changed although nothing could be installed");
         }
         self.driver
             .sync()

@@ -1,8 +1,9 @@
 //! (c) The physical SMMU, as the virtual one needs it.
 //!
 //! The vSMMU never touches the physical SMMU's memory or registers. It hands over values only
-//! its own validators and shadow builders can make: a [`ShadowSte`] to install for one of the
-//! VM's physical streams (through the hitless installer), and [`PhysicalCommand`]s to submit
+//! its own validators and shadow builders can make: a [`ShadowSte`] (which holds a
+//! [`PhysicalSte`], an STE the physical guard accepted) to install for one of the VM's
+//! physical streams (through the hitless installer), and [`PhysicalCommand`]s to submit
 //! in batches; it asks for a CMD_SYNC and receives a [`SyncProof`], the `smmu` crate's evidence
 //! that every command submitted before it completed. The shadow CD tables are written by the
 //! vSMMU itself, into memory `hyp` gives it ([`DmaMemory`]), with the hitless installer and
@@ -16,29 +17,36 @@ use core::fmt;
 use smmu::StreamId;
 use smmu::command::Cmd;
 use smmu::domain::{InvalidationError, Stage2Invalidation, SyncProof};
-use smmu::driver::{DmaMemory, Driver, Error as DriverError, Platform, SteWriter};
-use smmu::entry::install::{EntryWriter, InstallError, InstallReport, install_ste};
+use smmu::driver::{DmaMemory, Driver, Error as DriverError, Platform};
+use smmu::entry::PhysicalSte;
+use smmu::entry::install::InstallReport;
 use smmu::hardware::RegisterAccess;
 use smmu::registers::Features;
 use smmu::ste::Ste;
 
 /// An STE the vSMMU built for one of its VM's physical streams. Only the shadow builder
-/// ([`crate::shadow`]) makes one, and every one passes
+/// ([`crate::shadow`]) makes one, and it holds a [`PhysicalSte`], so it passed
 /// [`check_physical_ste`](smmu::entry::install::check_physical_ste); a valid one that lets
 /// traffic through translates with the VM's stage 2 and VMID.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct ShadowSte(Ste);
+pub struct ShadowSte(PhysicalSte);
 
 impl ShadowSte {
     /// Wraps `ste`. Crate-private: the shadow builder is the only producer, so a `ShadowSte`
     /// in `hyp`'s hands is one the vSMMU's rules made.
-    pub(crate) const fn new(ste: Ste) -> Self {
+    pub(crate) const fn new(ste: PhysicalSte) -> Self {
         Self(ste)
     }
 
     /// The entry to install.
     #[must_use]
     pub const fn ste(&self) -> &Ste {
+        self.0.ste()
+    }
+
+    /// The entry, as the physical guard accepted it.
+    #[must_use]
+    pub const fn physical(&self) -> &PhysicalSte {
         &self.0
     }
 }
@@ -75,7 +83,8 @@ pub trait PhysicalSmmu {
     fn features(&self) -> Features;
 
     /// Moves `sid`'s STE to `target` with the hitless installer
-    /// ([`install_ste`]), each step followed by CFGI_STE and CMD_SYNC.
+    /// ([`install_ste`](smmu::entry::install::install_ste)), each step followed by CFGI_STE
+    /// and CMD_SYNC.
     ///
     /// # Errors
     ///
@@ -108,37 +117,10 @@ pub trait PhysicalSmmu {
 /// What the [`Driver`]-backed implementation reports.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum DriverBackendError {
-    /// The driver refused or timed out.
+    /// The driver refused, timed out, or an install step's sync failed.
     Driver(DriverError),
-    /// The hitless installer stopped.
-    Install(InstallError<DriverError>),
     /// The CMD_SYNC did not complete cleanly.
     Sync(InvalidationError),
-}
-
-/// The installer's stores and syncs, through the driver's STE writer.
-struct DriverSteWriter<'d, R, M, P> {
-    writer: SteWriter<'d, R, M, P>,
-    /// A store the writer refused (a word index above 7: the installer never makes one),
-    /// reported by the next sync.
-    refused: Option<DriverError>,
-}
-
-impl<R: RegisterAccess, M: DmaMemory, P: Platform> EntryWriter for DriverSteWriter<'_, R, M, P> {
-    type Error = DriverError;
-
-    fn write_qword(&mut self, index: usize, value: u64) {
-        if let Err(error) = self.writer.write_word(index, value) {
-            self.refused.get_or_insert(error);
-        }
-    }
-
-    fn sync(&mut self) -> Result<(), DriverError> {
-        if let Some(error) = self.refused.take() {
-            return Err(error);
-        }
-        self.writer.invalidate()
-    }
 }
 
 impl<R: RegisterAccess, M: DmaMemory, P: Platform> PhysicalSmmu for Driver<R, M, P> {
@@ -153,13 +135,7 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> PhysicalSmmu for Driver<R, M,
         sid: StreamId,
         target: &ShadowSte,
     ) -> Result<InstallReport, DriverBackendError> {
-        let writer = self.ste_writer(sid).map_err(DriverBackendError::Driver)?;
-        let mut writer = DriverSteWriter {
-            writer,
-            refused: None,
-        };
-        let mut current = writer.writer.read();
-        install_ste(&mut writer, &mut current, target.ste()).map_err(DriverBackendError::Install)
+        Driver::install_ste(self, sid, target.physical()).map_err(DriverBackendError::Driver)
     }
 
     fn submit(&mut self, commands: &[PhysicalCommand]) -> Result<(), DriverBackendError> {

@@ -12,6 +12,7 @@
 use smmu::cd::Cd;
 use smmu::command::Cmd;
 use smmu::driver::DmaMemory;
+use smmu::entry::PhysicalCd;
 use smmu::entry::install::{EntryWriter, install_cd};
 use smmu::{StreamId, SubstreamId};
 
@@ -51,6 +52,13 @@ impl<C: DmaMemory, P: PhysicalSmmu> EntryWriter for ShadowCdWriter<'_, C, P> {
         self.physical.sync().map(|_| ())
     }
 }
+
+/// An invalid CD, through the physical guard at compile time.
+#[allow(clippy::panic)] // Const evaluation: a refusal stops the build, never the hypervisor.
+const INVALID: PhysicalCd = match PhysicalCd::check(Cd::INVALID) {
+    Ok(cd) => cd,
+    Err(_) => panic!("the physical guard refuses an invalid CD"),
+};
 
 /// Reads the shadow CD at `offset`.
 pub(crate) fn read_shadow(memory: &impl DmaMemory, offset: usize) -> Cd {
@@ -99,8 +107,14 @@ where
                 }
             },
         };
+        // The validator only makes CDs the guard accepts; should one ever fail it, the
+        // substream is blocked rather than handed to the SMMU.
+        let target = PhysicalCd::check(target).unwrap_or_else(|_| {
+            self.counters.physical_failures = self.counters.physical_failures.saturating_add(1);
+            INVALID
+        });
         let mut current = read_shadow(&self.backends.shadow_cds, offset);
-        if current == target {
+        if current == *target.cd() {
             return;
         }
         self.counters.cd_installs = self.counters.cd_installs.saturating_add(1);

@@ -10,7 +10,7 @@
 //! Every STE that lets traffic through carries the VM's stage 2 (made by `smmu`'s makers, which
 //! set S2AA64 and the VMID), and every one passes the physical guard before `hyp` sees it.
 
-use smmu::entry::install::check_physical_ste;
+use smmu::entry::PhysicalSte;
 use smmu::entry::make::{
     ContextTable, ContextTableParameters, MakeError, Stage2Translation, make_abort_ste,
     make_nested_ste, make_stage2_ste,
@@ -34,9 +34,16 @@ pub enum BuildError {
     Guard,
 }
 
+/// An abort STE, through the physical guard at compile time.
+#[allow(clippy::panic)] // Const evaluation: a refusal stops the build, never the hypervisor.
+const ABORT: PhysicalSte = match PhysicalSte::check(make_abort_ste()) {
+    Ok(ste) => ste,
+    Err(_) => panic!("the physical guard refuses an abort STE"),
+};
+
 /// An abort STE.
-pub(crate) fn abort() -> ShadowSte {
-    ShadowSte::new(make_abort_ste())
+pub(crate) const fn abort() -> ShadowSte {
+    ShadowSte::new(ABORT)
 }
 
 /// The physical STE for `config` on the stream in `slot`.
@@ -77,6 +84,6 @@ pub(crate) fn build(
             ste
         }
     };
-    check_physical_ste(&ste).map_err(|_| BuildError::Guard)?;
+    let ste = PhysicalSte::check(ste).map_err(|_| BuildError::Guard)?;
     Ok(ShadowSte::new(ste))
 }

@@ -20,7 +20,8 @@
 //!   fake also rejects reserved bits and those two, which is stricter.)
 //! - tests inject event records and PRI entries, which are written at PROD as the SMMU would,
 //!   or, into a full queue, toggle PROD's overflow flag;
-//! - [`FakeSmmu::ste`] walks the stream table from the registers, as the SMMU would.
+//! - [`FakeSmmu::ste`] walks the stream table from the registers, as the SMMU would, and
+//!   [`FakeSmmu::watch_stes`] records chosen STEs at every CMD_SYNC it consumes.
 //!
 //! It has no translation, no caches, no stalls and no interrupts.
 
@@ -207,6 +208,9 @@ struct State {
     consumed: Vec<Command>,
     prod_writes: usize,
     writes: Vec<(RegisterOffset, u64)>,
+    /// Streams whose STEs are recorded at every CMD_SYNC.
+    watched: Vec<StreamId>,
+    snapshots: Vec<Vec<Option<Ste>>>,
 }
 
 /// A fake SMMU. Clones share the device, so a test keeps one while the driver owns another.
@@ -230,6 +234,8 @@ impl FakeSmmu {
                 consumed: Vec::new(),
                 prod_writes: 0,
                 writes: Vec::new(),
+                watched: Vec::new(),
+                snapshots: Vec::new(),
             })),
         }
     }
@@ -329,9 +335,29 @@ impl FakeSmmu {
     /// unreadable memory).
     #[must_use]
     pub fn ste(&self, sid: StreamId) -> Option<Ste> {
-        let state = self.state.borrow();
-        let base = StrtabBase(state.registers.read64(offset::STRTAB_BASE)).addr();
-        let cfg = StrtabBaseCfg(state.registers.read32(offset::STRTAB_BASE_CFG));
+        self.state.borrow().ste(sid)
+    }
+
+    /// From now on, at every CMD_SYNC it consumes, the fake records the STEs of `sids` as
+    /// [`FakeSmmu::ste`] finds them: what memory held when each sync completed.
+    pub fn watch_stes(&self, sids: &[StreamId]) {
+        let mut state = self.state.borrow_mut();
+        state.watched = sids.to_vec();
+        state.snapshots.clear();
+    }
+
+    /// The STEs of the watched streams at each CMD_SYNC consumed since
+    /// [`FakeSmmu::watch_stes`], in order, one row per sync.
+    #[must_use]
+    pub fn ste_snapshots(&self) -> Vec<Vec<Option<Ste>>> {
+        self.state.borrow().snapshots.clone()
+    }
+}
+
+impl State {
+    fn ste(&self, sid: StreamId) -> Option<Ste> {
+        let base = StrtabBase(self.registers.read64(offset::STRTAB_BASE)).addr();
+        let cfg = StrtabBaseCfg(self.registers.read32(offset::STRTAB_BASE_CFG));
         if u64::from(sid.0) >> cfg.log2size() != 0 {
             return None;
         }
@@ -340,7 +366,7 @@ impl FakeSmmu {
             StreamTableFormat::TwoLevel => {
                 let split = cfg.split();
                 let l1 = base.checked_add(u64::from(sid.0 >> split) * 8)?;
-                let descriptor = StreamTableL1Descriptor::from_raw(state.bus.read(l1)?);
+                let descriptor = StreamTableL1Descriptor::from_raw(self.bus.read(l1)?);
                 let within = u64::from(sid.0) & ((1 << split) - 1);
                 if within >= descriptor.ste_count() {
                     return None;
@@ -350,13 +376,11 @@ impl FakeSmmu {
         };
         let mut words = [0; 8];
         for (i, word) in (0u64..).zip(words.iter_mut()) {
-            *word = state.bus.read(ste_base.checked_add(i * 8)?)?;
+            *word = self.bus.read(ste_base.checked_add(i * 8)?)?;
         }
         Some(Ste::from_words(words))
     }
-}
 
-impl State {
     fn raise(&mut self, errors: Gerror) {
         let gerror = self.registers.read32(offset::GERROR);
         let gerrorn = self.registers.read32(offset::GERRORN);
@@ -413,6 +437,10 @@ impl State {
             if command.decode().is_err() || self.illegal_here(&command) {
                 self.stop(cons, CommandError::Illegal);
                 return;
+            }
+            if command.opcode_raw() == Opcode::Sync.value() && !self.watched.is_empty() {
+                let row = self.watched.iter().map(|&sid| self.ste(sid)).collect();
+                self.snapshots.push(row);
             }
             self.consumed.push(command);
             cons = cons.incremented();

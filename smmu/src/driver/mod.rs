@@ -9,8 +9,10 @@
 //! - this module: [`Driver::new`], the reset sequence that takes the SMMU from any state to
 //!   "enabled, unassigned streams abort".
 //! - [`command_queue`]: submission in batches, CMD_SYNC, recovery from CMDQ_ERR.
-//! - [`stream_table`]: the two-level stream table, its pool of level-2 tables, and the
-//!   word-at-a-time STE writer the hitless installer builds on.
+//! - [`stream_table`]: the two-level stream table, its pool of level-2 tables, and the one way
+//!   an STE is written: [`Driver::install_ste`] (and [`Driver::install_stes`] for many fresh
+//!   streams), the hitless installer over the driver's own writer, for a
+//!   [`PhysicalSte`](crate::entry::PhysicalSte) only.
 //! - [`events`]: intake of event records and PRI page requests, with overflow.
 //! - [`global_errors`]: GERROR reporting and acknowledgement.
 //! - `fake` (host tests, or the `testing` feature): a behavioural model of an SMMU to drive
@@ -48,7 +50,7 @@ pub use command_queue::{CommandErrorKind, CommandFailure};
 pub use events::{DrainReport, EventIntake, PriIntake};
 pub use global_errors::GlobalError;
 pub use memory::{DmaMemory, DriverMemory, MemoryError, Platform, PollBudgets, Region};
-pub use stream_table::SteWriter;
+pub use stream_table::{BulkInstallReport, InstallPoint};
 
 use crate::command::Cmd;
 use crate::hardware::{RegisterAccess, probe};
@@ -167,6 +169,24 @@ pub enum Error {
     CorruptStreamTable(StreamId),
     /// An STE word index not below 8.
     SteWordOutOfRange(usize),
+    /// A store the installer was about to make would have left an STE that fails the physical
+    /// guard visible; it was not made. Cannot happen for a [`PhysicalSte`] target (kept as the
+    /// installer's second line of defence).
+    ///
+    /// [`PhysicalSte`]: crate::entry::PhysicalSte
+    EntryRefused {
+        /// The qword whose store was refused.
+        qword: usize,
+        /// What the guard found.
+        error: crate::entry::install::PhysicalEntryError,
+    },
+    /// A range of stream IDs whose first is above its last.
+    StreamRangeReversed {
+        /// The first stream ID given.
+        first: StreamId,
+        /// The last stream ID given.
+        last: StreamId,
+    },
     /// The PRI queue is not in use (no IDR0.PRI, or no memory given for it).
     NoPriQueue,
 }

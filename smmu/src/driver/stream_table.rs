@@ -9,10 +9,13 @@
 //! has V=0 and aborts (C_BAD_STE) until it is written.
 //!
 //! It does not decide what an STE contains, nor the order in which a live STE's words change:
-//! the hitless installer does that through [`SteWriter`], whose only write is one 64-bit store
-//! of one word.
+//! the hitless installer does that, through a writer private to this module whose only write
+//! is one 64-bit store of one word. The one way in is [`Driver::install_ste`] (and
+//! [`Driver::install_stes`] for many streams at once), which takes a [`PhysicalSte`]: an STE
+//! the physical guard accepted.
 
 use crate::command::Cmd;
+use crate::entry::install::{EntryWriter, InstallError, InstallReport, PhysicalSte, install_ste};
 use crate::hardware::RegisterAccess;
 use crate::ids::{PhysAddr, StreamId};
 use crate::registers::{StreamTableFormat, StrtabBase, StrtabBaseCfg};
@@ -179,6 +182,13 @@ impl<M: DmaMemory> StreamTable<M> {
         }
         Ste::from_words(words)
     }
+
+    /// Stores qword `index` (below 8) of the STE at `offset` with one 64-bit store. Only the
+    /// driver's STE installs call this.
+    fn write_word(&mut self, offset: usize, index: usize, value: u64) {
+        let at = offset.saturating_add(index.saturating_mul(8));
+        self.pool.write_u64(at, value);
+    }
 }
 
 impl<R: RegisterAccess, M: DmaMemory, P: Platform> Driver<R, M, P> {
@@ -219,20 +229,154 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Driver<R, M, P> {
         })
     }
 
-    /// A writer for `sid`'s STE, for the hitless installer. Gives the span a level-2 table from
-    /// the pool if it has none (every STE in it V=0).
+    /// Moves `sid`'s STE to `target` with the hitless installer
+    /// ([`install_ste`]) over the driver's own writer: one
+    /// 64-bit store at a time, each step followed by CFGI_STE (Leaf=0) and CMD_SYNC. The
+    /// stream's span gets a level-2 table from the pool first if it has none (every STE in it
+    /// V=0). This is the only way the driver writes an STE.
+    ///
+    /// The sync covers the configuration caches only: TLB entries of an old VMID, or of an
+    /// old S2TTB under the same VMID, are the caller's to invalidate afterwards.
     ///
     /// # Errors
     ///
     /// [`Error::StreamTablePoolExhausted`], [`Error::StreamIdOutOfRange`],
-    /// [`Error::CorruptStreamTable`].
-    pub fn ste_writer(&mut self, sid: StreamId) -> Result<SteWriter<'_, R, M, P>, Error> {
-        let (offset, _) = self.stream_table.ensure_ste_offset(sid, &self.platform)?;
-        Ok(SteWriter {
+    /// [`Error::CorruptStreamTable`] before any store; an error of [`Driver::sync`] if a step's
+    /// sync fails (the entry then behaves as the old one, the target, or V=0);
+    /// [`Error::EntryRefused`] never.
+    pub fn install_ste(
+        &mut self,
+        sid: StreamId,
+        target: &PhysicalSte,
+    ) -> Result<InstallReport, Error> {
+        self.install_ste_observed(sid, target, |_, _| {})
+    }
+
+    /// As [`Driver::install_ste`], calling `observe` at every point of the install where the
+    /// SMMU may see something new: after each step's stores (visible to the SMMU, not yet
+    /// invalidated) and after each step's sync, with the entry as memory holds it. For tests
+    /// that run traffic through every state an install exposes; `observe` must not touch the
+    /// SMMU.
+    ///
+    /// # Errors
+    ///
+    /// As [`Driver::install_ste`].
+    pub fn install_ste_observed(
+        &mut self,
+        sid: StreamId,
+        target: &PhysicalSte,
+        observe: impl FnMut(InstallPoint, &Ste),
+    ) -> Result<InstallReport, Error> {
+        let (offset, new_table) = self.stream_table.ensure_ste_offset(sid, &self.platform)?;
+        let mut current = self.stream_table.read_ste(offset);
+        let mut writer = StreamTableWriter {
             driver: self,
             sid,
             offset,
-        })
+            refused: None,
+            observe,
+        };
+        let report =
+            install_ste(&mut writer, &mut current, target).map_err(|error| match error {
+                InstallError::Sync(error) => error,
+                InstallError::IntermediateRefused { qword, error } => {
+                    Error::EntryRefused { qword, error }
+                }
+            })?;
+        // A new level-2 table changed the level-1 descriptor, which the SMMU may have cached
+        // as invalid (C_BAD_STREAMID). An install that stored nothing (the target is the
+        // zeroed table's V=0) issued no CFGI_STE of its own to cover it.
+        if new_table && report.syncs == 0 {
+            self.invalidate_ste(sid)?;
+        }
+        Ok(report)
+    }
+
+    /// Gives every stream in `first..=last` the STE `target`, as [`Driver::install_ste`] would
+    /// stream by stream, with far fewer syncs when many of them are fresh:
+    ///
+    /// - a stream whose STE is invalid (V=0, as every stream is after reset) is *fresh*. The
+    ///   installer's own plan for V=0 to a valid target is hitless with qword 0 critical:
+    ///   qwords 1 to 7 first (the SMMU reads nothing of an invalid STE but V), a sync, then
+    ///   qword 0, a sync. The architecture requires that middle sync because the SMMU may cache
+    ///   an invalid STE and read its qwords in any order (IHI 0070 3.21.3.1). Here each step is
+    ///   taken for every fresh stream of the range at once, each followed by one CFGI_STE_RANGE
+    ///   covering the range and one CMD_SYNC: two syncs for the whole range;
+    /// - a stream whose STE is valid and differs from `target` is *live*: it goes through
+    ///   [`Driver::install_ste`], on its own, with that install's syncs;
+    /// - a stream that already holds `target` is left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StreamRangeReversed`] or [`Error::StreamIdOutOfRange`] before anything is
+    /// written; [`Error::StreamTablePoolExhausted`] or [`Error::CorruptStreamTable`] part way
+    /// (the fresh streams written so far still have V=0, so they abort); an error of
+    /// [`Driver::install_ste`] for a live stream, or of [`Driver::sync`].
+    pub fn install_stes(
+        &mut self,
+        first: StreamId,
+        last: StreamId,
+        target: &PhysicalSte,
+    ) -> Result<BulkInstallReport, Error> {
+        if first.0 > last.0 {
+            return Err(Error::StreamRangeReversed { first, last });
+        }
+        self.stream_table.check_sid(last)?;
+        let target_words = target.words();
+        let mut report = BulkInstallReport::default();
+        for sid in (first.0..=last.0).map(StreamId) {
+            let (offset, _) = self.stream_table.ensure_ste_offset(sid, &self.platform)?;
+            let current = self.stream_table.read_ste(offset);
+            if current == *target.ste() {
+                report.unchanged = report.unchanged.saturating_add(1);
+            } else if current.v() {
+                let installed = self.install_ste(sid, target)?;
+                report.live = report.live.saturating_add(1);
+                report.syncs = report.syncs.saturating_add(u32::from(installed.syncs));
+            } else {
+                // Step 1: the SMMU reads only V (qword 0) of this entry, so every other qword
+                // takes the target's value now; the entry stays invalid whatever mix it sees.
+                for (index, (&now, &want)) in current
+                    .words()
+                    .iter()
+                    .zip(&target_words)
+                    .enumerate()
+                    .skip(1)
+                {
+                    if now != want {
+                        self.stream_table.write_word(offset, index, want);
+                    }
+                }
+                report.fresh = report.fresh.saturating_add(1);
+            }
+        }
+        if report.fresh == 0 {
+            return Ok(report);
+        }
+        self.invalidate_ste_range(first, last)?;
+        report.syncs = report.syncs.saturating_add(1);
+        // Step 2: qword 0, with V, of every stream step 1 prepared. A stream that differs from
+        // the target here in anything but qword 0 was changed by someone else.
+        let [target_w0, ..] = target_words;
+        for sid in (first.0..=last.0).map(StreamId) {
+            let offset = self
+                .stream_table
+                .ste_offset(sid)?
+                .ok_or(Error::CorruptStreamTable(sid))?;
+            let current = self.stream_table.read_ste(offset);
+            if current == *target.ste() {
+                continue;
+            }
+            let [_, rest @ ..] = current.words();
+            let [_, target_rest @ ..] = target_words;
+            if current.v() || rest != target_rest {
+                return Err(Error::CorruptStreamTable(sid));
+            }
+            self.stream_table.write_word(offset, 0, target_w0);
+        }
+        self.invalidate_ste_range(first, last)?;
+        report.syncs = report.syncs.saturating_add(1);
+        Ok(report)
     }
 
     /// Invalidates the SMMU's cached copy of `sid`'s configuration and waits for it: CFGI_STE
@@ -246,80 +390,96 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Driver<R, M, P> {
         self.submit_and_sync(&[Cmd::CfgiSte { sid, leaf: false }])
     }
 
-    /// Installs `ste` for `sid` the simple way, break-before-make: if the current STE is
-    /// valid, it is first made invalid (V=0) and invalidated, so the SMMU never sees a mix of
-    /// old and new words; then words 1 to 7 are written, then word 0, then the STE is
-    /// invalidated. Between the two steps the stream aborts. Use the hitless installer through
-    /// [`Driver::ste_writer`] when a transition must not abort.
-    ///
-    /// # Errors
-    ///
-    /// As [`Driver::ste_writer`] and [`Driver::sync`].
-    pub fn write_ste(&mut self, sid: StreamId, ste: &Ste) -> Result<(), Error> {
-        let mut writer = self.ste_writer(sid)?;
-        let current = writer.read();
-        if current.v() {
-            let [w0, ..] = current.words();
-            writer.write_word(0, w0 & !Ste::V.mask())?;
-            writer.invalidate()?;
-        }
-        let words = ste.words();
-        for (index, word) in words.iter().enumerate().skip(1) {
-            writer.write_word(index, *word)?;
-        }
-        let [w0, ..] = words;
-        writer.write_word(0, w0)?;
-        writer.invalidate()
+    /// CFGI_STE_RANGE over the smallest aligned range holding `first..=last` (its level-1
+    /// descriptors included), then CMD_SYNC.
+    fn invalidate_ste_range(&mut self, first: StreamId, last: StreamId) -> Result<(), Error> {
+        // The bits in which the two differ must lie inside the range's 2^(range+1) IDs.
+        let differing = u32::BITS - (first.0 ^ last.0).leading_zeros();
+        let range = u8::try_from(differing.saturating_sub(1))
+            .unwrap_or(31)
+            .min(31);
+        self.submit_and_sync(&[Cmd::CfgiSteRange { sid: first, range }])
     }
 }
 
-/// Write access to one stream's STE, for code that sequences STE updates (the hitless
-/// installer). Each write is one single-copy-atomic 64-bit store; [`SteWriter::invalidate`]
-/// makes the SMMU see the result.
-#[derive(Debug)]
-pub struct SteWriter<'d, R, M, P> {
+/// Where an install is when [`Driver::install_ste_observed`] calls its observer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum InstallPoint {
+    /// A step's stores are made and visible to the SMMU, not yet invalidated: the SMMU may use
+    /// its cached copy, the new qwords, or any mix of the two.
+    Stored,
+    /// The step's CFGI_STE and CMD_SYNC completed.
+    Synced,
+}
+
+/// What [`Driver::install_stes`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct BulkInstallReport {
+    /// Streams whose STE was invalid, given the target together in two steps.
+    pub fresh: u32,
+    /// Streams whose valid STE differed from the target, each moved by the hitless installer.
+    pub live: u32,
+    /// Streams that already held the target.
+    pub unchanged: u32,
+    /// CMD_SYNCs issued in all.
+    pub syncs: u32,
+}
+
+impl BulkInstallReport {
+    /// Every stream of the range.
+    #[must_use]
+    pub const fn streams(&self) -> u32 {
+        self.fresh
+            .saturating_add(self.live)
+            .saturating_add(self.unchanged)
+    }
+}
+
+/// The driver's [`EntryWriter`]: the installer's stores go to one STE in the stream table, its
+/// syncs are CFGI_STE and CMD_SYNC. Private: every STE the driver writes comes through
+/// [`Driver::install_ste`], so only a [`PhysicalSte`] reaches it.
+struct StreamTableWriter<'d, R, M, P, F> {
     driver: &'d mut Driver<R, M, P>,
     sid: StreamId,
     offset: usize,
+    /// A store refused (a qword index above 7: the installer never makes one), reported by
+    /// the next sync.
+    refused: Option<Error>,
+    observe: F,
 }
 
-impl<R: RegisterAccess, M: DmaMemory, P: Platform> SteWriter<'_, R, M, P> {
-    /// The stream this writer writes.
-    #[must_use]
-    pub fn sid(&self) -> StreamId {
-        self.sid
-    }
+impl<R, M, P, F> EntryWriter for StreamTableWriter<'_, R, M, P, F>
+where
+    R: RegisterAccess,
+    M: DmaMemory,
+    P: Platform,
+    F: FnMut(InstallPoint, &Ste),
+{
+    type Error = Error;
 
-    /// The STE as it is in memory now.
-    #[must_use]
-    pub fn read(&self) -> Ste {
-        self.driver.stream_table.read_ste(self.offset)
-    }
-
-    /// Writes word `index` (0 to 7) of the STE with one 64-bit store, after a barrier so that
-    /// it cannot be observed before the writes that preceded it.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::SteWordOutOfRange`] for an index above 7.
-    pub fn write_word(&mut self, index: usize, value: u64) -> Result<(), Error> {
+    fn write_qword(&mut self, index: usize, value: u64) {
         if index >= STE_WORDS {
-            return Err(Error::SteWordOutOfRange(index));
+            self.refused.get_or_insert(Error::SteWordOutOfRange(index));
+            return;
+        }
+        // Ordered after the stores before it, so the SMMU never sees this one first.
+        self.driver.platform.dma_barrier();
+        self.driver
+            .stream_table
+            .write_word(self.offset, index, value);
+    }
+
+    fn sync(&mut self) -> Result<(), Error> {
+        if let Some(error) = self.refused.take() {
+            return Err(error);
         }
         self.driver.platform.dma_barrier();
-        let offset = self.offset.saturating_add(index.saturating_mul(8));
-        self.driver.stream_table.pool.write_u64(offset, value);
+        let entry = self.driver.stream_table.read_ste(self.offset);
+        (self.observe)(InstallPoint::Stored, &entry);
+        self.driver.invalidate_ste(self.sid)?;
+        (self.observe)(InstallPoint::Synced, &entry);
         Ok(())
-    }
-
-    /// Makes the SMMU drop its cached copy of the STE and waits until it has (CFGI_STE and
-    /// CMD_SYNC, see [`Driver::invalidate_ste`]).
-    ///
-    /// # Errors
-    ///
-    /// As [`Driver::sync`].
-    pub fn invalidate(&mut self) -> Result<(), Error> {
-        self.driver.platform.dma_barrier();
-        self.driver.invalidate_ste(self.sid)
     }
 }

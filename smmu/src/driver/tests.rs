@@ -7,6 +7,7 @@ use proptest::prelude::*;
 use super::fake::{FakeBehaviour, FakeBus, FakePlatform, FakeRegion, FakeSmmu};
 use super::*;
 use crate::command::{Command, Opcode, PriResponse};
+use crate::entry::install::{PhysicalSte, UpdatePath};
 use crate::event::{Event, EventId, EventRecord};
 use crate::ids::{Iova, PhysAddr, StreamId, SubstreamId, Vmid};
 use crate::page_request::PageRequest;
@@ -740,13 +741,20 @@ fn a_cons_register_that_cannot_be_is_an_error_not_a_panic() {
 // ---------------------------------------------------------------------------------------------
 // Stream table
 
+/// `ste` through the physical guard, as every STE the driver writes must be.
+fn physical(ste: Ste) -> PhysicalSte {
+    PhysicalSte::check(ste).unwrap()
+}
+
 #[test]
 fn stes_land_where_the_smmu_looks_for_them_across_spans() {
     let (rig, mut driver) = qemu();
     let sids = [0u32, 1, 255, 256, 0x1234, 0xffff];
     for (i, &sid) in sids.iter().enumerate() {
         let vmid = u16::try_from(i + 1).unwrap();
-        driver.write_ste(StreamId(sid), &stage2_ste(vmid)).unwrap();
+        driver
+            .install_ste(StreamId(sid), &physical(stage2_ste(vmid)))
+            .unwrap();
     }
     for (i, &sid) in sids.iter().enumerate() {
         let vmid = u16::try_from(i + 1).unwrap();
@@ -778,7 +786,7 @@ fn stes_land_where_the_smmu_looks_for_them_across_spans() {
     assert_eq!(driver.read_ste(StreamId(0x200)), Ok(Ste::INVALID));
     assert_eq!(driver.ste_address(StreamId(0x200)), Ok(None));
     assert_eq!(
-        driver.write_ste(StreamId(0x1_0000), &Ste::INVALID),
+        driver.install_ste(StreamId(0x1_0000), &physical(Ste::INVALID)),
         Err(Error::StreamIdOutOfRange(StreamId(0x1_0000)))
     );
 }
@@ -795,69 +803,277 @@ fn pool_exhaustion_is_an_error_and_populated_spans_keep_working() {
             DriverConfig::DEFAULT,
         )
         .unwrap();
-    driver.write_ste(StreamId(0x100), &stage2_ste(1)).unwrap();
-    driver.write_ste(StreamId(0x200), &stage2_ste(2)).unwrap();
+    driver
+        .install_ste(StreamId(0x100), &physical(stage2_ste(1)))
+        .unwrap();
+    driver
+        .install_ste(StreamId(0x200), &physical(stage2_ste(2)))
+        .unwrap();
     assert_eq!(
-        driver.write_ste(StreamId(0x300), &stage2_ste(3)),
+        driver.install_ste(StreamId(0x300), &physical(stage2_ste(3))),
         Err(Error::StreamTablePoolExhausted)
     );
     assert_eq!(rig.smmu.ste(StreamId(0x300)), None);
-    assert!(driver.ste_writer(StreamId(0x3ff)).is_err());
-    driver.write_ste(StreamId(0x2ff), &stage2_ste(4)).unwrap();
+    assert_eq!(
+        driver.install_stes(StreamId(0x2fe), StreamId(0x300), &physical(stage2_ste(3))),
+        Err(Error::StreamTablePoolExhausted)
+    );
+    // The streams of the range that were prepared before the pool ran out still abort.
+    assert!(!rig.smmu.ste(StreamId(0x2fe)).unwrap().v());
+    assert!(!rig.smmu.ste(StreamId(0x2ff)).unwrap().v());
+    driver
+        .install_ste(StreamId(0x2ff), &physical(stage2_ste(4)))
+        .unwrap();
     assert_eq!(rig.smmu.ste(StreamId(0x2ff)), Some(stage2_ste(4)));
 }
 
 #[test]
-fn replacing_a_valid_ste_breaks_before_making_with_two_invalidations() {
+fn a_live_ste_is_replaced_by_the_hitless_installer_with_one_sync_per_step() {
     let (rig, mut driver) = qemu();
     let sid = StreamId(8);
-    driver.write_ste(sid, &stage2_ste(1)).unwrap();
-    let start = rig.smmu.consumed().len();
-    driver.write_ste(sid, &stage2_ste(2)).unwrap();
     let cfgi = Cmd::CfgiSte { sid, leaf: false }.encode();
+    // Fresh (V=0) to valid: qwords 1 to 7, a sync, then qword 0 (with V), a sync.
+    let start = rig.smmu.consumed().len();
+    let report = driver.install_ste(sid, &physical(stage2_ste(1))).unwrap();
+    assert_eq!(report.path, UpdatePath::Hitless { critical_qword: 0 });
+    assert_eq!((report.writes, report.syncs), (2, 2));
     assert_eq!(
         rig.smmu.consumed()[start..],
         [cfgi, driver_sync_command(), cfgi, driver_sync_command()]
     );
-    assert_eq!(rig.smmu.ste(sid), Some(stage2_ste(2)));
-    // A fresh (invalid) STE needs only one.
+    // A new VMID alone (word 2): one store, one sync, never through V=0.
     let start = rig.smmu.consumed().len();
-    driver.write_ste(StreamId(9), &stage2_ste(3)).unwrap();
-    assert_eq!(rig.smmu.consumed().len() - start, 2);
+    let report = driver.install_ste(sid, &physical(stage2_ste(2))).unwrap();
+    assert_eq!(report.path, UpdatePath::Hitless { critical_qword: 2 });
+    assert_eq!((report.writes, report.syncs), (1, 1));
+    assert_eq!(rig.smmu.consumed()[start..], [cfgi, driver_sync_command()]);
+    assert_eq!(rig.smmu.ste(sid), Some(stage2_ste(2)));
+    // The same STE again: nothing written, nothing synced.
+    let start = rig.smmu.consumed().len();
+    let report = driver.install_ste(sid, &physical(stage2_ste(2))).unwrap();
+    assert_eq!((report.writes, report.syncs), (0, 0));
+    assert_eq!(rig.smmu.consumed().len(), start);
 }
 
 #[test]
-fn the_ste_writer_stores_one_word_at_a_time() {
+fn an_observed_install_shows_each_step_before_and_after_its_sync() {
     let (rig, mut driver) = qemu();
     let sid = StreamId(0x42);
-    let mut writer = driver.ste_writer(sid).unwrap();
-    assert_eq!(writer.read(), Ste::INVALID);
-    writer.write_word(2, 0xabcd).unwrap();
-    assert_eq!(writer.write_word(8, 1), Err(Error::SteWordOutOfRange(8)));
-    let mut expected = [0; 8];
-    expected[2] = 0xabcd;
-    assert_eq!(writer.read(), Ste::from_words(expected));
-    assert_eq!(writer.sid(), sid);
+    rig.smmu.watch_stes(&[sid]);
+    let target = stage2_ste(7);
+    let mut seen = Vec::new();
+    driver
+        .install_ste_observed(sid, &physical(target), |point, ste| {
+            seen.push((point, *ste));
+        })
+        .unwrap();
+    let mut prepared = target;
+    prepared.set_v(false);
+    let prepared = Ste::from_words([0, prepared.words()[1], prepared.words()[2], 0, 0, 0, 0, 0]);
+    assert_eq!(
+        seen,
+        [
+            (InstallPoint::Stored, prepared),
+            (InstallPoint::Synced, prepared),
+            (InstallPoint::Stored, target),
+            (InstallPoint::Synced, target),
+        ]
+    );
+    // What the SMMU read at each sync is what the observer was shown.
+    assert_eq!(
+        rig.smmu.ste_snapshots(),
+        [vec![Some(prepared)], vec![Some(target)]]
+    );
+}
+
+/// Every qword mix of `before` and `after` (what the SMMU may see between two syncs) is
+/// invalid or equal to one of `allowed`.
+fn every_mix_is_invalid_or(before: &Ste, after: &Ste, allowed: &[Ste]) -> bool {
+    let (b, a) = (before.words(), after.words());
+    (0u32..256).all(|subset| {
+        let mix: [u64; 8] =
+            core::array::from_fn(|i| if subset & 1 << i != 0 { a[i] } else { b[i] });
+        let mix = Ste::from_words(mix);
+        !mix.v() || allowed.contains(&mix)
+    })
+}
+
+#[test]
+fn fresh_streams_are_installed_in_bulk_with_two_range_invalidations() {
+    let (rig, mut driver) = qemu();
+    let target = stage2_ste(1);
+    let watched = [StreamId(0), StreamId(0x17f), StreamId(0x2ff)];
+    rig.smmu.watch_stes(&watched);
     let start = rig.smmu.consumed().len();
-    writer.invalidate().unwrap();
+    let report = driver
+        .install_stes(StreamId(0), StreamId(0x2ff), &physical(target))
+        .unwrap();
+    assert_eq!(
+        report,
+        BulkInstallReport {
+            fresh: 0x300,
+            live: 0,
+            unchanged: 0,
+            syncs: 2
+        }
+    );
+    assert_eq!(report.streams(), 0x300);
+    // One CFGI_STE_RANGE over the 1024 IDs holding 0..=0x2ff, and one sync, per step.
+    let range = Cmd::CfgiSteRange {
+        sid: StreamId(0),
+        range: 9,
+    }
+    .encode();
+    assert_eq!(
+        rig.smmu.consumed()[start..],
+        [range, driver_sync_command(), range, driver_sync_command()]
+    );
+    for sid in 0..0x300 {
+        assert_eq!(rig.smmu.ste(StreamId(sid)), Some(target), "{sid:#x}");
+    }
+    assert_eq!(rig.smmu.ste(StreamId(0x300)), None);
+    // At the first sync every stream is still invalid with qwords 1 to 7 in place; between the
+    // syncs, whatever mix the SMMU reads is invalid or the target.
+    let snapshots = rig.smmu.ste_snapshots();
+    assert_eq!(snapshots.len(), 2);
+    for (column, _) in watched.iter().enumerate() {
+        let first = snapshots[0][column].unwrap();
+        let second = snapshots[1][column].unwrap();
+        assert!(!first.v());
+        assert_eq!(first.words()[1..], target.words()[1..]);
+        assert_eq!(second, target);
+        assert!(every_mix_is_invalid_or(&Ste::INVALID, &first, &[]));
+        assert!(every_mix_is_invalid_or(&first, &second, &[target]));
+    }
+}
+
+#[test]
+fn a_live_stream_in_a_bulk_range_takes_the_hitless_path_on_its_own() {
+    let (rig, mut driver) = qemu();
+    let live = StreamId(5);
+    driver.install_ste(live, &physical(stage2_ste(1))).unwrap();
+    rig.smmu.watch_stes(&[live]);
+    let target = stage2_ste(2);
+    let start = rig.smmu.consumed().len();
+    let report = driver
+        .install_stes(StreamId(0), StreamId(15), &physical(target))
+        .unwrap();
+    // The live stream: one store (its VMID), one CFGI_STE and sync; then the fifteen fresh
+    // ones together.
+    assert_eq!(
+        report,
+        BulkInstallReport {
+            fresh: 15,
+            live: 1,
+            unchanged: 0,
+            syncs: 3
+        }
+    );
+    let range = Cmd::CfgiSteRange {
+        sid: StreamId(0),
+        range: 3,
+    }
+    .encode();
     assert_eq!(
         rig.smmu.consumed()[start..],
         [
-            Cmd::CfgiSte { sid, leaf: false }.encode(),
-            driver_sync_command()
+            Cmd::CfgiSte {
+                sid: live,
+                leaf: false
+            }
+            .encode(),
+            driver_sync_command(),
+            range,
+            driver_sync_command(),
+            range,
+            driver_sync_command(),
         ]
     );
-    assert_eq!(rig.smmu.ste(sid), Some(Ste::from_words(expected)));
+    // The live stream never looked like anything but its old STE or the target.
+    let snapshots = rig.smmu.ste_snapshots();
+    let mut before = stage2_ste(1);
+    for row in &snapshots {
+        let now = row[0].unwrap();
+        assert!(now == stage2_ste(1) || now == target);
+        assert!(every_mix_is_invalid_or(
+            &before,
+            &now,
+            &[stage2_ste(1), target]
+        ));
+        assert!(
+            (0u32..256).all(|subset| {
+                let mix: [u64; 8] = core::array::from_fn(|i| {
+                    if subset & 1 << i != 0 {
+                        now.words()[i]
+                    } else {
+                        before.words()[i]
+                    }
+                });
+                Ste::from_words(mix).v()
+            }),
+            "the live stream passed through V=0"
+        );
+        before = now;
+    }
+    for sid in 0..16 {
+        assert_eq!(rig.smmu.ste(StreamId(sid)), Some(target), "{sid}");
+    }
+    // Again: every stream already holds the target; nothing is written or synced.
+    let start = rig.smmu.consumed().len();
+    let again = driver
+        .install_stes(StreamId(0), StreamId(15), &physical(target))
+        .unwrap();
+    assert_eq!((again.unchanged, again.syncs), (16, 0));
+    assert_eq!(rig.smmu.consumed().len(), start);
+}
+
+#[test]
+fn a_bulk_range_is_checked_before_anything_is_written() {
+    let (rig, mut driver) = qemu();
+    let target = physical(stage2_ste(1));
+    assert_eq!(
+        driver.install_stes(StreamId(9), StreamId(8), &target),
+        Err(Error::StreamRangeReversed {
+            first: StreamId(9),
+            last: StreamId(8)
+        })
+    );
+    assert_eq!(
+        driver.install_stes(StreamId(0xff00), StreamId(0x1_0000), &target),
+        Err(Error::StreamIdOutOfRange(StreamId(0x1_0000)))
+    );
+    assert_eq!(rig.smmu.ste(StreamId(0xff00)), None);
+    assert_eq!(driver.stream_table_pool_usage().0, 0);
+    // A one-stream range is a range of two IDs (Range = 0).
+    let start = rig.smmu.consumed().len();
+    driver
+        .install_stes(StreamId(8), StreamId(8), &target)
+        .unwrap();
+    assert_eq!(
+        rig.smmu.consumed()[start],
+        Cmd::CfgiSteRange {
+            sid: StreamId(8),
+            range: 0
+        }
+        .encode()
+    );
+    assert_eq!(rig.smmu.ste(StreamId(9)), Some(Ste::INVALID));
 }
 
 #[test]
 fn a_corrupted_level_1_descriptor_is_reported_not_followed() {
     let (rig, mut driver) = qemu();
-    driver.write_ste(StreamId(0), &stage2_ste(1)).unwrap();
+    driver
+        .install_ste(StreamId(0), &physical(stage2_ste(1)))
+        .unwrap();
     // Point span 0 outside the pool.
     rig.bus.write(PhysAddr(L1), 0x9 | 0x1000_0000);
     assert_eq!(
-        driver.write_ste(StreamId(1), &stage2_ste(1)),
+        driver.install_ste(StreamId(1), &physical(stage2_ste(1))),
+        Err(Error::CorruptStreamTable(StreamId(1)))
+    );
+    assert_eq!(
+        driver.install_stes(StreamId(1), StreamId(2), &physical(stage2_ste(1))),
         Err(Error::CorruptStreamTable(StreamId(1)))
     );
 }

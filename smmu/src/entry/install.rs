@@ -46,11 +46,22 @@
 //!
 //! # The guard
 //!
-//! Before each store the installer builds the entry as it will be after that store and runs
-//! the physical guard ([`check_physical_ste`], [`check_physical_cd`]) on it. The target is
-//! checked before anything is written. A current entry that fails the guard (written by
-//! someone else, or left by a bug) is replaced through a break, so its bad bits are not kept
+//! The target is a [`PhysicalSte`] or [`PhysicalCd`]: a value only the physical guard
+//! ([`check_physical_ste`], [`check_physical_cd`]) makes, so an entry that fails it cannot even
+//! be handed to the installer. Before each store the installer also builds the entry as it will
+//! be after that store and runs the guard on it. A current entry that fails the guard (written
+//! by someone else, or left by a bug) is replaced through a break, so its bad bits are not kept
 //! live while the rest is updated.
+//!
+//! # The one way to the hardware
+//!
+//! Nothing reaches memory the physical SMMU reads except through this module: the driver's
+//! only STE write is [`Driver::install_ste`](crate::driver::Driver::install_ste) (and its bulk
+//! form for fresh streams), which takes a [`PhysicalSte`] and runs this installer over the
+//! driver's own [`EntryWriter`]; CDs, which live in memory their owner holds (the driver has no
+//! CD tables), go through [`install_cd`], which takes a [`PhysicalCd`]. `Ste::from_words` and
+//! `Cd::from_words` stay public because a guest's entries must be decoded, but a decoded entry
+//! is only ever data until [`PhysicalSte::check`] or [`PhysicalCd::check`] accepts it.
 //!
 //! # What the installer does not do
 //!
@@ -127,14 +138,84 @@ pub enum PhysicalEntryError {
     CdEncoding(CdError),
 }
 
+/// An STE that passed the physical guard: the only kind of STE the installer, and so the
+/// driver, will make visible to the SMMU.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PhysicalSte(Ste);
+
+impl PhysicalSte {
+    /// Runs the physical guard ([`check_physical_ste`]) on `ste` and wraps it if it passes.
+    ///
+    /// This is the only constructor, and it must stay the only one: the installer and
+    /// [`Driver::install_ste`](crate::driver::Driver::install_ste) take nothing but a
+    /// `PhysicalSte`, so an STE that would crash or mislead the SMMU (stage 2 with S2AA64 = 0,
+    /// an undefined encoding) cannot be written by forgetting a check. A second way to make
+    /// one (a `From<Ste>`, a `new`, a public field) would make the guard opt-in again.
+    ///
+    /// # Errors
+    ///
+    /// What [`check_physical_ste`] finds.
+    pub const fn check(ste: Ste) -> Result<Self, PhysicalEntryError> {
+        match check_physical_ste(&ste) {
+            Ok(()) => Ok(Self(ste)),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The entry.
+    #[must_use]
+    pub const fn ste(&self) -> &Ste {
+        &self.0
+    }
+
+    /// The entry's qwords.
+    #[must_use]
+    pub const fn words(&self) -> [u64; ENTRY_QWORDS] {
+        self.0.words()
+    }
+}
+
+/// A CD that passed the physical guard: the only kind of CD [`install_cd`] will make visible.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PhysicalCd(Cd);
+
+impl PhysicalCd {
+    /// Runs the physical guard ([`check_physical_cd`]) on `cd` and wraps it if it passes.
+    ///
+    /// The only constructor, for the reason given at [`PhysicalSte::check`]: [`install_cd`]
+    /// takes nothing else, so the guard cannot be skipped.
+    ///
+    /// # Errors
+    ///
+    /// What [`check_physical_cd`] finds.
+    pub const fn check(cd: Cd) -> Result<Self, PhysicalEntryError> {
+        match check_physical_cd(&cd) {
+            Ok(()) => Ok(Self(cd)),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The entry.
+    #[must_use]
+    pub const fn cd(&self) -> &Cd {
+        &self.0
+    }
+
+    /// The entry's qwords.
+    #[must_use]
+    pub const fn words(&self) -> [u64; ENTRY_QWORDS] {
+        self.0.words()
+    }
+}
+
 /// Why an install stopped.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum InstallError<E> {
-    /// The target fails the physical guard. Nothing was written.
-    TargetRefused(PhysicalEntryError),
     /// A store would have made an entry visible that fails the guard; it was not made. Cannot
-    /// happen when the target passes the guard (every intermediate state behaves as the old
+    /// happen (the target passed the guard, and every intermediate state behaves as the old
     /// entry, the target, or V=0); kept as a second line of defence.
     IntermediateRefused {
         /// The qword whose store was refused.
@@ -262,13 +343,12 @@ pub fn cd_update_path(current: &Cd, target: &Cd) -> UpdatePath {
 ///
 /// # Errors
 ///
-/// [`InstallError::TargetRefused`] before any store if `target` fails
-/// [`check_physical_ste`]; [`InstallError::Sync`] if a sync fails;
-/// [`InstallError::IntermediateRefused`] never, for a target that passes the guard.
+/// [`InstallError::Sync`] if a sync fails; [`InstallError::IntermediateRefused`] never (the
+/// target passed the guard to become a [`PhysicalSte`]).
 pub fn install_ste<W: EntryWriter>(
     writer: &mut W,
     current: &mut Ste,
-    target: &Ste,
+    target: &PhysicalSte,
 ) -> Result<InstallReport, InstallError<W::Error>> {
     let mut words = current.words();
     let result = install(&STE_KIND, writer, &mut words, &target.words());
@@ -284,7 +364,7 @@ pub fn install_ste<W: EntryWriter>(
 pub fn install_cd<W: EntryWriter>(
     writer: &mut W,
     current: &mut Cd,
-    target: &Cd,
+    target: &PhysicalCd,
 ) -> Result<InstallReport, InstallError<W::Error>> {
     let mut words = current.words();
     let result = install(&CD_KIND, writer, &mut words, &target.words());
@@ -357,7 +437,8 @@ fn install<W: EntryWriter>(
     entry: &mut Words,
     target: &Words,
 ) -> Result<InstallReport, InstallError<W::Error>> {
-    (kind.check)(target).map_err(InstallError::TargetRefused)?;
+    // The target passed the guard to become a `PhysicalSte`/`PhysicalCd`; each store below
+    // is still checked.
     let mut plan = plan(kind, entry, target);
     if (kind.check)(entry).is_err() {
         plan.path = UpdatePath::Breaking;

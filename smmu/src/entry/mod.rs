@@ -8,8 +8,9 @@
 //!   install plan, and of the tests' notion of "this state behaves like the old entry".
 //! - [`install`] moves a live entry from what it holds to a made target through single 64-bit
 //!   stores, hitless whenever one exists, each step followed by the invalidation and `CMD_SYNC`
-//!   the architecture requires. It runs the physical guard ([`install::check_physical_ste`])
-//!   on every state it is about to make visible.
+//!   the architecture requires. Its targets are [`PhysicalSte`] and [`PhysicalCd`], which only
+//!   the physical guard ([`install::check_physical_ste`], [`install::check_physical_cd`])
+//!   constructs, and it runs the guard again on every state it is about to make visible.
 //!
 //! This module owns none of the memory and none of the queues: the driver owns the stream and
 //! CD tables and the command queue, and lends them to the installer through
@@ -19,6 +20,8 @@
 pub mod install;
 pub mod make;
 pub mod used;
+
+pub use install::{PhysicalCd, PhysicalSte};
 
 #[cfg(test)]
 mod tests;

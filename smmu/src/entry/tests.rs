@@ -17,8 +17,8 @@
 use proptest::prelude::*;
 
 use super::install::{
-    EntryWriter, InstallError, InstallReport, PhysicalEntryError, UpdatePath, check_physical_cd,
-    check_physical_ste, install_cd, install_ste, ste_update_path,
+    EntryWriter, InstallError, InstallReport, PhysicalCd, PhysicalEntryError, PhysicalSte,
+    UpdatePath, check_physical_cd, check_physical_ste, install_cd, install_ste, ste_update_path,
 };
 use super::make::{
     ContextTable, ContextTableParameters, Mair, Stage1Parameters, Stage1Translation,
@@ -182,7 +182,8 @@ fn cd_guard(words: &Words) -> Result<(), PhysicalEntryError> {
 fn run_ste(old: &Ste, new: &Ste, label: &str) -> (InstallReport, RecordingWriter) {
     let mut writer = RecordingWriter::new(old.words());
     let mut current = *old;
-    let report = install_ste(&mut writer, &mut current, new).expect(label);
+    let target = PhysicalSte::check(*new).expect(label);
+    let report = install_ste(&mut writer, &mut current, &target).expect(label);
     assert_eq!(
         current, *new,
         "{label}: the installer's view ends at the target"
@@ -216,7 +217,8 @@ fn run_ste(old: &Ste, new: &Ste, label: &str) -> (InstallReport, RecordingWriter
 fn run_cd(old: &Cd, new: &Cd, label: &str) -> (InstallReport, RecordingWriter) {
     let mut writer = RecordingWriter::new(old.words());
     let mut current = *old;
-    let report = install_cd(&mut writer, &mut current, new).expect(label);
+    let target = PhysicalCd::check(*new).expect(label);
+    let report = install_cd(&mut writer, &mut current, &target).expect(label);
     assert_eq!(current, *new, "{label}");
     assert_eq!(writer.entry, new.words(), "{label}");
     assert_eq!(report.syncs, writer.syncs, "{label}");
@@ -660,25 +662,23 @@ fn made_stage2_and_nested_stes_always_have_s2aa64() {
 }
 
 #[test]
-fn the_installer_refuses_an_s2aa64_0_target_before_any_store() {
-    for from in STE_CONFIGS {
-        for bad_config in [SteConfig::Stage2A, SteConfig::NestedS1AS2B] {
-            let bad = without_s2aa64(make_ste(bad_config));
-            let old = make_ste(from);
-            let mut writer = RecordingWriter::new(old.words());
-            let mut current = old;
-            let result = install_ste(&mut writer, &mut current, &bad);
-            assert_eq!(
-                result,
-                Err(InstallError::TargetRefused(
-                    PhysicalEntryError::Stage2WithoutAArch64
-                )),
-                "{from:?} -> {bad_config:?} without S2AA64"
-            );
-            assert!(writer.stores.is_empty());
-            assert_eq!(writer.syncs, 0);
-            assert_eq!(current, old);
-        }
+fn no_physical_ste_can_be_made_from_an_s2aa64_0_stage2_entry() {
+    // The installer takes only a `PhysicalSte`, so refusing to make one is refusing to install.
+    for bad_config in [SteConfig::Stage2A, SteConfig::NestedS1AS2B] {
+        let bad = without_s2aa64(make_ste(bad_config));
+        assert_eq!(
+            PhysicalSte::check(bad),
+            Err(PhysicalEntryError::Stage2WithoutAArch64),
+            "{bad_config:?} without S2AA64"
+        );
+    }
+    for config in STE_CONFIGS {
+        let ste = make_ste(config);
+        assert_eq!(
+            PhysicalSte::check(ste).map(|p| *p.ste()),
+            Ok(ste),
+            "{config:?}"
+        );
     }
 }
 
@@ -690,7 +690,8 @@ fn a_live_entry_failing_the_guard_is_replaced_through_a_break() {
     let target = make_ste(SteConfig::NestedS1AS2A);
     let mut writer = RecordingWriter::new(bad.words());
     let mut current = bad;
-    let report = install_ste(&mut writer, &mut current, &target).unwrap();
+    let physical = PhysicalSte::check(target).unwrap();
+    let report = install_ste(&mut writer, &mut current, &physical).unwrap();
     assert_eq!(report.path, UpdatePath::Breaking);
     assert_eq!(writer.stores[0], (0, 0));
     for state in &writer.after_each_store {
@@ -715,13 +716,14 @@ fn the_cd_guard_refuses_aa64_0_and_reserved_encodings() {
             crate::cd::CdError::ReservedTg0(3)
         ))
     );
-    let mut writer = RecordingWriter::new(Cd::INVALID.words());
-    let mut current = Cd::INVALID;
-    assert!(matches!(
-        install_cd(&mut writer, &mut current, &cd),
-        Err(InstallError::TargetRefused(_))
-    ));
-    assert!(writer.stores.is_empty());
+    assert_eq!(
+        PhysicalCd::check(cd),
+        Err(PhysicalEntryError::CdEncoding(
+            crate::cd::CdError::ReservedTg0(3)
+        ))
+    );
+    let good = make_cd_config(CdConfig::A);
+    assert_eq!(PhysicalCd::check(good).map(|p| *p.cd()), Ok(good));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -735,7 +737,8 @@ fn a_failed_sync_stops_the_install_and_current_says_what_memory_holds() {
         let mut writer = RecordingWriter::new(old.words());
         writer.fail_sync_number = Some(failing_sync);
         let mut current = old;
-        let result = install_ste(&mut writer, &mut current, &new);
+        let target = PhysicalSte::check(new).unwrap();
+        let result = install_ste(&mut writer, &mut current, &target);
         assert_eq!(result, Err(InstallError::Sync(SyncFailed)));
         assert_eq!(current.words(), writer.entry, "sync {failing_sync}");
         assert_eq!(writer.syncs, failing_sync);
@@ -927,7 +930,7 @@ proptest! {
 
     #[test]
     fn any_valid_stage2_ste_with_s2aa64_0_is_refused(
-        mut words in any::<[u64; 8]>(),
+        words in any::<[u64; 8]>(),
         nested in any::<bool>(),
     ) {
         let mut ste = Ste::from_words(words);
@@ -935,15 +938,8 @@ proptest! {
         ste.set_config(if nested { StreamConfig::Nested } else { StreamConfig::Stage2 });
         ste.set_s2aa64(false);
         prop_assert_eq!(check_physical_ste(&ste), Err(PhysicalEntryError::Stage2WithoutAArch64));
-        words = Ste::INVALID.words();
-        let mut writer = RecordingWriter::new(words);
-        let mut current = Ste::INVALID;
-        let refused = matches!(
-            install_ste(&mut writer, &mut current, &ste),
-            Err(InstallError::TargetRefused(PhysicalEntryError::Stage2WithoutAArch64))
-        );
-        prop_assert!(refused);
-        prop_assert!(writer.stores.is_empty());
+        // And so no installer will take it.
+        prop_assert_eq!(PhysicalSte::check(ste), Err(PhysicalEntryError::Stage2WithoutAArch64));
     }
 
     #[test]
@@ -954,7 +950,7 @@ proptest! {
         let old = Ste::from_words(leftover);
         let mut writer = RecordingWriter::new(leftover);
         let mut current = old;
-        install_ste(&mut writer, &mut current, &new).unwrap();
+        install_ste(&mut writer, &mut current, &PhysicalSte::check(new).unwrap()).unwrap();
         prop_assert_eq!(current, new);
         prop_assert_eq!(writer.entry, new.words());
         for state in &writer.after_each_store {

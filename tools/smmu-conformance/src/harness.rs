@@ -211,6 +211,17 @@ pub trait Harness {
     /// A diagnostic: the harness logs it as it can.
     fn note(&mut self, message: &'static str, values: &[u64]);
 
+    /// Stores `value` at `address` (8-byte aligned, in the driver's stream table) behind the
+    /// driver's back, with no invalidation: for the case that shows a cached STE staying in
+    /// use until invalidated. The driver itself offers no such store (a physical STE only
+    /// changes through its installer).
+    ///
+    /// # Errors
+    ///
+    /// [`HarnessError::Unsupported`] where the harness cannot (the case is then not
+    /// applicable).
+    fn store_behind_driver(&mut self, address: PhysAddr, value: u64) -> Result<(), HarnessError>;
+
     /// An ATS Translation Request from the device for the page of `iova`.
     ///
     /// # Errors

@@ -8,8 +8,10 @@
 use heapless::Vec;
 use smmu::cd::Cd;
 use smmu::command::Cmd;
-use smmu::driver::{Driver, Error as DriverError, EventIntake, PriIntake, SteWriter};
-use smmu::entry::install::{EntryWriter, InstallError, InstallReport, install_cd, install_ste};
+use smmu::driver::{Driver, Error as DriverError, EventIntake, PriIntake};
+use smmu::entry::install::{
+    EntryWriter, InstallReport, PhysicalCd, PhysicalEntryError, PhysicalSte, install_cd,
+};
 use smmu::entry::make::{Stage2Parameters, Stage2Translation, StartLevel};
 use smmu::event::Event;
 use smmu::page_request::PageRequest;
@@ -174,32 +176,14 @@ impl<H: Harness> core::fmt::Debug for Suite<'_, H> {
     }
 }
 
-/// The installer's stores and syncs through the driver's STE writer.
-struct SteInstallWriter<'d, R, M, P> {
-    writer: SteWriter<'d, R, M, P>,
-    refused: Option<DriverError>,
-}
-
-impl<R, M, P> EntryWriter for SteInstallWriter<'_, R, M, P>
-where
-    R: smmu::hardware::RegisterAccess,
-    M: smmu::driver::DmaMemory,
-    P: smmu::driver::Platform,
-{
-    type Error = DriverError;
-
-    fn write_qword(&mut self, index: usize, value: u64) {
-        if let Err(error) = self.writer.write_word(index, value) {
-            self.refused.get_or_insert(error);
-        }
-    }
-
-    fn sync(&mut self) -> Result<(), DriverError> {
-        if let Some(error) = self.refused.take() {
-            return Err(error);
-        }
-        self.writer.invalidate()
-    }
+/// Why [`Suite::try_install`] installed nothing, or stopped part way.
+#[derive(Clone, Copy, Debug)]
+pub enum TryInstallError {
+    /// The target failed the physical guard: it cannot become a `PhysicalSte`, so nothing
+    /// was stored.
+    Refused(PhysicalEntryError),
+    /// The driver's install failed (a store or a sync).
+    Driver(DriverError),
 }
 
 /// The installer's stores and syncs for the CD in slot `slot` of a CD table page, which the
@@ -468,23 +452,21 @@ impl<'h, H: Harness> Suite<'h, H> {
         Ok((requests, overflows))
     }
 
-    /// Installs `target` on the stream with the hitless installer, or says why not.
+    /// Installs `target` on the stream with the driver's hitless installer, or says why not.
     pub fn try_install(
         &mut self,
         target: &Ste,
-    ) -> Result<Result<InstallReport, InstallError<DriverError>>, Stop> {
+    ) -> Result<Result<InstallReport, TryInstallError>, Stop> {
         let stream = self.stream();
-        let writer = self
+        let target = match PhysicalSte::check(*target) {
+            Ok(target) => target,
+            Err(error) => return Ok(Err(TryInstallError::Refused(error))),
+        };
+        Ok(self
             .h
             .driver()
-            .ste_writer(stream)
-            .map_err(|_| Stop::Fail("no STE writer for the stream"))?;
-        let mut writer = SteInstallWriter {
-            writer,
-            refused: None,
-        };
-        let mut current = writer.writer.read();
-        Ok(install_ste(&mut writer, &mut current, target))
+            .install_ste(stream, &target)
+            .map_err(TryInstallError::Driver))
     }
 
     /// Installs `target` and invalidates the TLB entries of the suite's VMIDs.
@@ -567,7 +549,9 @@ impl<'h, H: Harness> Suite<'h, H> {
             ssid,
             stream,
         };
-        install_cd(&mut writer, &mut current, target)
+        let target = PhysicalCd::check(*target)
+            .map_err(|_| Stop::Fail("the CD fails the physical guard"))?;
+        install_cd(&mut writer, &mut current, &target)
             .map(|_| ())
             .map_err(|_| Stop::Fail("CD install failed"))
     }

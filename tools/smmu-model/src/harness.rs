@@ -218,6 +218,12 @@ impl Harness for ModelHarness {
         self.notes.push(format!("{message}: {values:#x?}"));
     }
 
+    fn store_behind_driver(&mut self, address: PhysAddr, value: u64) -> Result<(), HarnessError> {
+        self.memory
+            .write_u64(address.0, value)
+            .map_err(|_| HarnessError::Unsupported)
+    }
+
     fn ats_translate(
         &mut self,
         ssid: Option<SubstreamId>,

@@ -68,9 +68,8 @@ fn an_unassigned_stream_aborts_with_c_bad_streamid_or_c_bad_ste() {
         matches!(events.as_slice(), [EventIntake::Event(e)] if e.id == smmu::event::EventId::CBadStreamid)
     );
     // A level-2 table for the span: V=0 STEs, C_BAD_STE.
-    driver
-        .write_ste(smmu::StreamId(8), &smmu::ste::Ste::INVALID)
-        .unwrap();
+    let invalid = smmu::entry::install::PhysicalSte::check(smmu::ste::Ste::INVALID).unwrap();
+    driver.install_ste(smmu::StreamId(8), &invalid).unwrap();
     let _ = function.dma_write(None, RAM, &[1; 8]);
     events.clear();
     driver.drain_events(16, |e| events.push(e)).unwrap();

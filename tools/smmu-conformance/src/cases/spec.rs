@@ -194,15 +194,16 @@ pub(crate) fn stale_ste_until_cfgi<H: Harness>(s: S<'_, '_, H>) -> CaseResult {
     s.copy(page::SOURCE, source, destination, None)?;
     let target = make_stage2_ste(&b);
     let stream = s.stream();
-    {
-        let mut writer = s
-            .driver()
-            .ste_writer(stream)
-            .map_err(|_| Stop::Fail("no STE writer"))?;
-        writer
-            .write_word(3, target.words()[3])
-            .map_err(|_| Stop::Fail("STE store refused"))?;
-    }
+    let address = s
+        .driver()
+        .ste_address(stream)
+        .ok()
+        .flatten()
+        .ok_or(Stop::Fail("the stream has no STE"))?;
+    // Qword 3 holds S2TTB: stage 2 A becomes B, with no CFGI_STE.
+    s.h.store_behind_driver(PhysAddr(address.0 + 3 * 8), target.words()[3])
+        .map_err(|_| Stop::NotApplicable("the harness cannot store behind the driver"))?;
+    s.h.barrier();
     // Only the TLB is invalidated: stage 2 A's translations cannot hide a stale STE.
     s.invalidate_tlbs()?;
     let stale = s.copy(page::SOURCE, source, destination, None)?;
