@@ -239,3 +239,34 @@ fn pri_queue_positions_count_every_entry_written_and_mark_the_overflow_point() {
     assert_eq!(positions, (24..40).collect::<Vec<_>>());
     assert_eq!(driver.pri_queue_position().unwrap().0, 40);
 }
+
+/// A group can be sent in two parts: its first requests, and later (or never) its Last one.
+#[test]
+fn a_group_begun_and_ended_later_reaches_the_queue_in_two_parts() {
+    let mut harness = ModelHarness::new(ModelConfig::full()).unwrap();
+    setup(&mut harness, |_| {}, false);
+    let function = harness.function().clone();
+    let page = PageRequest {
+        address: 0x1000,
+        read: true,
+        ..PageRequest::default()
+    };
+    let index = function.begin_page_request_group(Some(1), &[page]).unwrap();
+    let mut seen = Vec::new();
+    let driver = harness.driver();
+    driver
+        .drain_page_requests(8, |intake| seen.push(intake))
+        .unwrap();
+    assert!(matches!(seen.as_slice(),
+        [smmu::driver::PriIntake::Request(r)] if !r.last && r.prg_index == index));
+    assert_eq!(function.outstanding_groups().len(), 1);
+    let fate = function.end_page_request_group(index, page).unwrap();
+    assert!(matches!(fate, PageRequestFate::Queued { .. }));
+    seen.clear();
+    driver
+        .drain_page_requests(8, |intake| seen.push(intake))
+        .unwrap();
+    assert!(matches!(seen.as_slice(),
+        [smmu::driver::PriIntake::Request(r)] if r.last && r.prg_index == index));
+    assert_eq!(function.outstanding_groups()[0].pages.len(), 2);
+}
