@@ -14,10 +14,16 @@
 //! - the invalidation made at parking completed: `CMD_TLBI_NH_ASID` for the old ASID and
 //!   `CMD_ATC_INV` for the PASID, then a `CMD_SYNC` whose [`SyncProof`] is newer than every
 //!   proof the vSMMU held before it submitted them ([`Invalidated`]);
-//! - no page request group of the old address space can still be in flight: a stop marker for
-//!   the PASID was taken from the physical PRI queue after its last page request, or the queue
-//!   has been drained past the position it had reached when the PASID was parked and no group of
-//!   the PASID is still open (requests seen, its Last not yet).
+//! - no page request of the old address space can still be in flight: the physical PRI queue
+//!   has been drained past the position it had reached when the PASID was parked (so every
+//!   request sent before the teardown has been seen, and answered), and no group of the PASID
+//!   is left open (requests seen, its Last not yet) unless the device has since sent its stop
+//!   marker, which says it completed or abandoned everything before it.
+//!
+//! A stop marker taken while the PASID was live says nothing about requests the device may
+//! have sent after it (a restarted PASID) that are still queued: only the drain can say that,
+//! which is why it is required either way. The stop marker is what lets a PASID whose device
+//! abandoned a group quiesce; without it such a PASID never does.
 //!
 //! A [`FreePasid`] comes only from [`PasidTable::claim`] (a PASID never used, or released) and
 //! is the only way into [`PasidTable::go_live`]: a PASID cannot go live again while parked
@@ -110,7 +116,7 @@ impl ParkedPasid {
         self.invalidated?;
         let no_request_in_flight = match self.teardown {
             None => true,
-            Some(teardown) => self.stopped || (drained >= teardown && open_groups == 0),
+            Some(teardown) => drained >= teardown && (open_groups == 0 || self.stopped),
         };
         no_request_in_flight.then_some(Quiescent { key: self.key })
     }
@@ -456,26 +462,26 @@ mod tests {
     }
 
     #[test]
-    fn a_stop_marker_after_the_last_request_quiesces_without_the_drain() {
+    fn a_stop_marker_after_the_last_request_excuses_an_open_group_but_not_the_drain() {
         let mut table = PasidTable::default();
         live(&mut table, 0);
         table.note_stop_marker(KEY);
-        table.park(
-            KEY,
-            Some(PriPosition(10)),
-            smmu::Asid(1),
-            Some(invalidated()),
-        );
+        let teardown = Some(PriPosition(10));
+        table.park(KEY, teardown, smmu::Asid(1), Some(invalidated()));
         let PasidState::Parked(parked) = table.state(KEY) else {
             panic!("parked");
         };
-        assert!(parked.quiescence(PriPosition(0), 3).is_some());
+        assert!(
+            parked.quiescence(PriPosition(9), 0).is_none(),
+            "not drained"
+        );
+        assert!(parked.quiescence(PriPosition(10), 3).is_some());
         // A request after the marker cancels it.
         table.note_request(KEY);
         let PasidState::Parked(parked) = table.state(KEY) else {
             panic!("parked");
         };
-        assert!(parked.quiescence(PriPosition(0), 0).is_none());
+        assert!(parked.quiescence(PriPosition(10), 1).is_none());
     }
 
     #[test]
