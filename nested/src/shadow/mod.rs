@@ -147,6 +147,7 @@ where
             &self.stage2,
             &self.backends.physical.features(),
             &self.cd_layout,
+            self.features.pri,
         ) {
             Ok(built) => (built, config),
             Err(_) => {

@@ -369,7 +369,7 @@ impl World {
         }
     }
 
-    fn write32(&mut self, register: smmu::registers::RegisterOffset, value: u32) {
+    pub(crate) fn write32(&mut self, register: smmu::registers::RegisterOffset, value: u32) {
         let _ = self.vsmmu.mmio_write(
             MmioOffset(mmio_offset(register)),
             AccessWidth::Bits32,
@@ -655,6 +655,40 @@ impl World {
     /// The data page IPA of test page `page`.
     pub(crate) fn data(page: u64) -> u64 {
         Self::ipa(layout::DATA) + page * 4096
+    }
+
+    /// What `hyp` does with the physical event queue: drained with only the physical lock
+    /// held, then each event handed to the owning vSMMU.
+    pub(crate) fn hyp_drain_events(&mut self) {
+        let mut events = Vec::new();
+        self.driver
+            .borrow_mut()
+            .drain_events(64, |intake| {
+                if let smmu::driver::EventIntake::Event(event) = intake {
+                    events.push(event);
+                }
+            })
+            .expect("the event queue drains");
+        for event in events {
+            if self.vsmmu.owns_physical_stream(event.sid).is_some() {
+                let _ = self.vsmmu.handle_physical_event(&event);
+            }
+        }
+    }
+
+    /// The guest's event queue, decoded (every record written so far), after `hyp` has
+    /// drained the physical one.
+    pub(crate) fn guest_events(&mut self) -> Vec<smmu::event::Event> {
+        self.hyp_drain_events();
+        let prod = self.read32(o::EVTQ_PROD) & 0x7f;
+        let base = Self::ipa(layout::EVENT_QUEUE);
+        (0..prod)
+            .filter_map(|i| {
+                let at = base + u64::from(i) * 32;
+                let words = [0, 8, 16, 24].map(|o| self.memory.read_u64(at + o).unwrap());
+                smmu::event::EventRecord::from_words(words).decode().ok()
+            })
+            .collect()
     }
 
     /// The physical CMD_PRI_RESPs the vSMMU submitted.
