@@ -19,7 +19,7 @@ use crate::counters::bump;
 use crate::interfaces::guest_memory::GuestMemory;
 use crate::interfaces::interrupts::InterruptSink;
 use crate::interfaces::physical::{PhysicalCommand, PhysicalSmmu};
-use crate::pasid::{PasidKey, PasidState};
+use crate::pasid::{Epoch, PasidKey, PasidState};
 use crate::pri::guest_queue::GuestPriQueueError;
 use crate::pri::{Group, MAX_TRACKED_GROUPS, PriDisposition, PriRefusal};
 use crate::streams::ShadowConfig;
@@ -136,6 +136,7 @@ where
             // The device completes its groups before its stop marker: one still open now
             // never will, and the device no longer waits for it.
             self.pri.close_where(
+                false,
                 |g| g.slot == slot && g.cd() == key.cd && !g.complete,
                 |_| {},
             );
@@ -147,7 +148,17 @@ where
         }
         self.pasids.note_request(key);
         let group = self.pri.find(slot, request.ssid, request.prg_index);
+        // The late end of a group an overflow discarded, in another address space than it
+        // began in (see `Groups::take_tombstone`).
+        let late = match (current, group) {
+            (Some(epoch), None) => self
+                .pri
+                .take_tombstone(slot, request.ssid, request.prg_index)
+                .filter(|began| *began != epoch),
+            _ => None,
+        };
         let refusal = match (current, group) {
+            _ if late.is_some() => Some(PriRefusal::StaleGeneration),
             _ if !nested => Some(PriRefusal::NotTranslating),
             (None, _) => Some(match state {
                 PasidState::Parked(_) => PriRefusal::PasidParked,
@@ -160,6 +171,24 @@ where
         };
         if let Some(reason) = refusal {
             if !request.last {
+                let outside = match state {
+                    _ if late.is_some() => late.unwrap_or_default(),
+                    PasidState::Parked(parked) => parked.epoch,
+                    PasidState::Free | PasidState::Live(_) => Epoch::default(),
+                };
+                if group.is_none() && reason != PriRefusal::NotTranslating {
+                    // A group begun outside the PASID's live address space is tracked, not
+                    // forwarded: its Last is answered when it comes, no later address space
+                    // takes it over, and while it is open the parked PASID does not quiesce.
+                    let _ = self.pri.open(Group {
+                        slot,
+                        ssid: request.ssid,
+                        prg_index: request.prg_index,
+                        epoch: outside,
+                        opened_at: position,
+                        complete: false,
+                    });
+                }
                 return PriDisposition::Discarded(reason);
             }
             if reason != PriRefusal::GroupIndexInUse {
@@ -251,6 +280,7 @@ where
             // queue's overflow flag, discards its part of it too.
             let mut discarded = 0u64;
             self.pri.close_where(
+                true,
                 |g| !g.complete && g.opened_at < at,
                 |_| discarded = discarded.saturating_add(1),
             );
@@ -280,12 +310,9 @@ where
         let released = quiescent.len();
         for (parked, proof) in quiescent {
             let key = parked.key();
-            // Groups of the old address space still open were given up by a device that sent
-            // its stop marker: forget them.
-            self.pri.close_where(
-                |g| g.slot == key.slot && g.cd() == key.cd && g.epoch <= parked.epoch,
-                |_| {},
-            );
+            // Nothing of the old address space is left open: the drain answered its groups,
+            // or its stop marker closed them (groups begun outside any address space stay
+            // tracked, so no later one takes them over).
             if self.pasids.release(proof).is_some() {
                 self.counters.pasid_frees = self.counters.pasid_frees.saturating_add(1);
                 if parked.waiting
@@ -311,6 +338,7 @@ where
         };
         let mut answered: heapless::Vec<Group, MAX_TRACKED_GROUPS> = heapless::Vec::new();
         self.pri.close_where(
+            false,
             |g| g.slot == slot && g.cd() == cd && g.epoch == epoch && g.complete,
             |g| {
                 let _ = answered.push(*g);

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | for a live PASID, written after its address space went live | forwarded; its group is tracked |
 //! | stop marker (SSV = 1, R = W = 0, L = 1) | never answered; noted for the PASID's quiescence; forwarded if the PASID is live |
-//! | for a parked or free PASID, or written before the address space went live, or of a group begun in an earlier address space | not forwarded; a Last one is answered InvalidRequest by the hypervisor |
+//! | for a parked or free PASID, or written before the address space went live, or of a group begun in an earlier address space | not forwarded; a Last one is answered InvalidRequest by the hypervisor; the group of one that is not Last is tracked (a parked PASID with such a group open has not quiesced) |
 //! | on a stream that does not translate with the guest's stage 1 | likewise |
 //! | the guest's queue disabled (PRIQEN = 0, SMMUEN = 0) or aborted | Response Failure, no PASID, for every request (IHI 0070 8.2) |
 //! | the guest's queue full or in overflow | discarded; OVFLG toggled; a Last one answered Success with its PASID (8.1, IDR3.PPS = 1) |
@@ -141,13 +141,15 @@ impl Group {
     }
 }
 
-/// A group answered, remembered for the counters.
+/// A group answered, remembered for the counters; one discarded after an overflow is also a
+/// tombstone (see [`Groups::take_tombstone`]).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Closed {
     slot: usize,
     ssid: Option<SubstreamId>,
     prg_index: u16,
     epoch: Epoch,
+    by_overflow: bool,
 }
 
 /// The PRI state of one vSMMU.
@@ -204,11 +206,11 @@ impl Groups {
             .iter()
             .position(|g| g.names(slot, ssid, prg_index))?;
         let group = self.open.swap_remove(index);
-        self.remember(&group);
+        self.remember(&group, false);
         Some(group)
     }
 
-    fn remember(&mut self, group: &Group) {
+    fn remember(&mut self, group: &Group, by_overflow: bool) {
         if self.closed.is_full() {
             let _ = self.closed.pop_front();
         }
@@ -217,7 +219,28 @@ impl Groups {
             ssid: group.ssid,
             prg_index: group.prg_index,
             epoch: group.epoch,
+            by_overflow,
         });
+    }
+
+    /// The epoch of a group with this stream, PASID and index that an overflow discarded, if
+    /// one is remembered; it is forgotten as a tombstone then.
+    ///
+    /// IHI 0070 8.1.1 has software ignore a group with no Last before the overflow point, on
+    /// the grounds that the SMMU answered its Last. A device slower than that may still send
+    /// its Last later; if the PASID has another address space by then, that request must not
+    /// start a group in it. The memory is bounded ([`CLOSED_MEMORY`] answered groups).
+    pub(crate) fn take_tombstone(
+        &mut self,
+        slot: usize,
+        ssid: Option<SubstreamId>,
+        prg_index: u16,
+    ) -> Option<Epoch> {
+        let closed = self.closed.iter_mut().rev().find(|c| {
+            c.by_overflow && c.slot == slot && c.ssid == ssid && c.prg_index == prg_index
+        })?;
+        closed.by_overflow = false;
+        Some(closed.epoch)
     }
 
     /// The epoch of a recently answered group with this stream, PASID and index.
@@ -234,9 +257,11 @@ impl Groups {
             .map(|c| c.epoch)
     }
 
-    /// Closes every open group for which `select` holds, handing each to `each`.
+    /// Closes every open group for which `select` holds, handing each to `each`;
+    /// `by_overflow` if an overflow discards them.
     pub(crate) fn close_where(
         &mut self,
+        by_overflow: bool,
         mut select: impl FnMut(&Group) -> bool,
         mut each: impl FnMut(&Group),
     ) {
@@ -245,7 +270,7 @@ impl Groups {
         while let Some(group) = self.open.get(index).copied() {
             if select(&group) {
                 self.open.swap_remove(index);
-                self.remember(&group);
+                self.remember(&group, by_overflow);
                 each(&group);
             } else {
                 index += 1;
