@@ -16,7 +16,8 @@
 //!    installed hitlessly; [`streams`]: which streams the VM owns, virtual and physical.
 //! 5. [`events`]: physical events back to the guest's event queue, rewritten; [`pri`]: page
 //!    requests to the guest's PRI queue and its answers back, and [`pasid`]: the PASID
-//!    lifecycle that decides which address space a request or an answer belongs to.
+//!    lifecycle that decides which address space a request or an answer belongs to;
+//!    [`reach`]: the pinning rule's device side (ATCs) for `hyp`'s stage-2 unmaps.
 //! 6. [`counters`]: what happened, for the shutdown report; [`budget`]: what a trap may spend.
 //!
 //! [`interfaces`] holds the consumer-side traits `hyp` implements; [`config`] what it decides
@@ -46,6 +47,7 @@ pub mod guest_tables;
 pub mod interfaces;
 pub mod pasid;
 pub mod pri;
+pub mod reach;
 pub mod registers;
 pub mod shadow;
 pub mod streams;
@@ -63,6 +65,7 @@ pub use interfaces::mmio::{AccessWidth, MmioDevice, MmioError, MmioOffset, MmioO
 pub use interfaces::physical::{PhysicalCommand, PhysicalSmmu, ShadowSte};
 pub use pasid::Epoch;
 pub use pri::{PriDisposition, PriRefusal, ResponseDrop};
+pub use reach::{DeviceCacheError, DeviceCachesInvalidated};
 pub use smmu::driver::{PriIntake, PriPosition};
 pub use vsmmu::{Backends, PasidSummary, VirtualSmmu};
 

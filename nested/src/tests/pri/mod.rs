@@ -219,6 +219,9 @@ pub(crate) struct World {
     next_table: u64,
     /// Every trace event taken so far.
     pub(crate) trace: Vec<TraceEvent>,
+    /// The VM's stage-2 domain and the pins of the pages it maps, as `hyp` keeps them.
+    pub(crate) domain: Stage2Domain<ModelTables>,
+    pub(crate) pins: PinTable<'static>,
 }
 
 impl std::fmt::Debug for World {
@@ -255,7 +258,7 @@ impl World {
             Some(u32::try_from(config.physical_priq).unwrap())
         );
         let driver = Rc::new(RefCell::new(driver));
-        let stage2 = Self::stage2(&memory, &features);
+        let (stage2, domain, pins) = Self::stage2(&memory, &features);
         let function = model.attach_function(
             PSID.0,
             FunctionConfig {
@@ -309,6 +312,8 @@ impl World {
             guest_pending: Vec::new(),
             next_table: GUEST_RAM + layout::TABLES,
             trace: Vec::new(),
+            domain,
+            pins,
         };
         world.guest_reset();
         world
@@ -316,7 +321,14 @@ impl World {
 
     /// The VM's SMMU stage 2, as `hyp` builds it with `smmu::domain`: guest RAM at IPA == PA,
     /// the shadow CD memory read-only at the CD window.
-    fn stage2(memory: &PhysicalMemory, features: &Features) -> Stage2Translation {
+    fn stage2(
+        memory: &PhysicalMemory,
+        features: &Features,
+    ) -> (
+        Stage2Translation,
+        Stage2Domain<ModelTables>,
+        PinTable<'static>,
+    ) {
         let tables = ModelTables::new(memory, S2_TABLES, S2_TABLE_BYTES);
         let counts: &'static mut [u16] = Box::leak(vec![0u16; 0x2000].into_boxed_slice());
         let mut pins = PinTable::new(PhysAddr(RAM_BASE), counts, 512).unwrap();
@@ -352,9 +364,7 @@ impl World {
             )
             .unwrap();
         let translation = Stage2Translation::new(domain.stage2_parameters(), features).unwrap();
-        // The domain (and its tables) live as long as the test.
-        Box::leak(Box::new(domain));
-        translation
+        (translation, domain, pins)
     }
 
     pub(crate) fn ipa(offset: u64) -> u64 {

@@ -583,3 +583,65 @@ fn disabling_the_stream_parks_every_live_pasid() {
         "the same CD content: the model's same number"
     );
 }
+
+/// The pinning rule with ATS: a page a live PASID's function holds in its ATC stays pinned
+/// after the stage-2 unmap, its TLB invalidation and sync, until the vSMMU has invalidated the
+/// VM's ATCs after them. Completing without that (as `smmu::domain` alone would) releases a
+/// page the function still writes to.
+#[test]
+fn a_page_a_function_caches_is_released_only_after_its_atc_is_invalidated() {
+    use smmu::domain::{PageState, PinError, Stage2Invalidation};
+    use smmu::{Ipa, PhysAddr, PhysRange};
+
+    let check = |release_through_nested: bool| {
+        let mut world = live_world(WorldConfig::default());
+        let data = World::data(0);
+        let completion = world.function.ats_translate(Some(PASID), VA, true).unwrap();
+        assert!(matches!(completion, AtsCompletion::Success { pa, write: true, .. } if pa == data));
+        let mut pending = world.domain.unmap(Ipa(data), 4096).unwrap();
+        pending.invalidate(&mut *world.driver.borrow_mut()).unwrap();
+        let proof = world.driver.borrow_mut().sync_with_proof().unwrap();
+        let page = PhysRange::new(data, 4096);
+        let released = if release_through_nested {
+            // Without the device caches' invalidation the vSMMU refuses to complete.
+            let pending = world
+                .vsmmu
+                .complete_stage2_unmap(pending, None, |_| unreachable!())
+                .unwrap_err();
+            assert!(matches!(
+                world.pins.release(page),
+                Err(PinError::Busy { .. })
+            ));
+            let caches = world.vsmmu.invalidate_device_caches(&pending).unwrap();
+            let (domain, pins) = (&mut world.domain, &mut world.pins);
+            world
+                .vsmmu
+                .complete_stage2_unmap(pending, Some(&caches), |p| domain.complete(pins, p, &proof))
+                .unwrap()
+                .unwrap();
+            world.pins.release(page)
+        } else {
+            world
+                .domain
+                .complete(&mut world.pins, pending, &proof)
+                .unwrap();
+            world.pins.release(page)
+        };
+        assert_eq!(released, Ok(()));
+        assert_eq!(world.pins.state(PhysAddr(data)), Some(PageState::Released));
+        // The page belongs to someone else now: a canary.
+        world.memory.write_u64(data, 0xcaca).unwrap();
+        let wrote = world.function.translated_write(Some(PASID), VA, &[0xee; 8]);
+        (wrote.is_ok(), world.memory.read_u64(data).unwrap())
+    };
+    assert_eq!(
+        check(false),
+        (true, 0xeeee_eeee_eeee_eeee),
+        "smmu::domain alone: the ATC still reaches the released page"
+    );
+    assert_eq!(
+        check(true),
+        (false, 0xcaca),
+        "through the vSMMU: the ATC entry is gone before the page is released"
+    );
+}
