@@ -287,8 +287,7 @@ impl Groups {
     }
 
     /// Every open group, for invariant checks.
-    #[cfg(test)]
-    #[allow(dead_code)] // The explorer's invariant checks use it.
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Group> {
         self.open.iter()
     }
