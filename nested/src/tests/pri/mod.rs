@@ -388,7 +388,7 @@ impl World {
         );
     }
 
-    fn write64(&mut self, register: smmu::registers::RegisterOffset, value: u64) {
+    pub(crate) fn write64(&mut self, register: smmu::registers::RegisterOffset, value: u64) {
         let _ = self.vsmmu.mmio_write(
             MmioOffset(mmio_offset(register)),
             AccessWidth::Bits64,

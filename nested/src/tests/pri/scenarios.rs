@@ -645,3 +645,44 @@ fn a_page_a_function_caches_is_released_only_after_its_atc_is_invalidated() {
         "through the vSMMU: the ATC entry is gone before the page is released"
     );
 }
+
+/// The PRI queue registers' rules: Guarded by PRIQEN and PRIQ_IRQEN, and a queue outside RAM
+/// aborts (GERROR.PRIQ_ABT_ERR, Response Failure) without touching anything else.
+#[test]
+fn the_pri_queue_registers_are_guarded_and_a_queue_outside_ram_aborts() {
+    let mut world = live_world(WorldConfig::default());
+    let base = world.read32(o::PRIQ_BASE);
+    world.write64(o::PRIQ_BASE, 0x1234_0000 | 4);
+    assert_eq!(world.read32(o::PRIQ_BASE), base, "ignored while PRIQEN = 1");
+    let prod = world.read32(o::PRIQ_PROD);
+    world.write32(o::PRIQ_PROD, prod + 3);
+    assert_eq!(
+        world.read32(o::PRIQ_PROD),
+        prod,
+        "PROD is the SMMU's while enabled"
+    );
+    world.write32(o::PRIQ_IRQ_CFG1, 0x55);
+    assert_eq!(world.read32(o::PRIQ_IRQ_CFG1), 0, "guarded by PRIQ_IRQEN");
+    // Disable, move the queue outside RAM, enable: the next request aborts.
+    world.write32(o::CR0, 0b1101);
+    world.write64(o::PRIQ_BASE, 0x1_0000_0000 | 4);
+    world.write32(o::CR0, 0b1111);
+    let prg = world
+        .function
+        .page_request_group(Some(PASID), &[page(false)])
+        .unwrap();
+    assert_eq!(
+        world.hyp_drain(),
+        [PriDisposition::Answered(PriRefusal::GuestQueueAborted)]
+    );
+    assert_ne!(world.read32(o::GERROR) & 1 << 3, 0, "PRIQ_ABT_ERR");
+    assert_eq!(
+        world.physical_responses(),
+        [Cmd::PriResp {
+            sid: PSID,
+            ssid: None,
+            prg_index: prg,
+            response: PriResponse::ResponseFailure,
+        }]
+    );
+}
