@@ -9,8 +9,9 @@ pub const READ_COST: u32 = 1;
 /// Units a physical CMD_SYNC costs (its round trip dominates a trap's cost).
 pub const SYNC_COST: u32 = 8;
 /// The most units one step can cost beyond the budget left: a CD or STE read through a
-/// level-1 descriptor, and a hitless install of three syncs.
-pub const MAX_STEP_COST: u32 = 2 * READ_COST + 3 * SYNC_COST + READ_COST;
+/// level-1 descriptor, a hitless install of three syncs, and the sync of a PASID's
+/// invalidation when it is parked or replaced (the PASIDs an STE install parks share one).
+pub const MAX_STEP_COST: u32 = 2 * READ_COST + 4 * SYNC_COST + READ_COST;
 
 /// What one call may still spend.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

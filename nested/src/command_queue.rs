@@ -129,6 +129,12 @@ where
                 }
             }
             CommandAction::Sync(sync) => self.complete_sync(&sync, budget),
+            CommandAction::PriResponse {
+                vsid,
+                ssid,
+                prg_index,
+                response,
+            } => self.guest_pri_response(vsid, ssid, prg_index, response),
             CommandAction::Nothing => {}
         }
         let next = cons.incremented();
@@ -177,8 +183,12 @@ where
             // A failed physical sync cannot be made good by the guest: its invalidations may
             // not have run, which affects only its own translations (its VMID, its stage 2).
             // It is counted, and the guest's sync completes.
-            if self.backends.physical.sync().is_err() {
-                self.counters.physical_failures = self.counters.physical_failures.saturating_add(1);
+            match self.backends.physical.sync() {
+                Ok(proof) => self.last_sync = Some(proof.sequence()),
+                Err(_) => {
+                    self.counters.physical_failures =
+                        self.counters.physical_failures.saturating_add(1);
+                }
             }
             self.unsynced = false;
         }

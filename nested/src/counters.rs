@@ -5,6 +5,7 @@
 //! counts are indexed by the raw opcode byte (so unknown opcodes are counted too).
 
 use crate::events::{DropReason, WithheldReason};
+use crate::pri::{PriRefusal, ResponseDrop};
 use crate::registers::VirtualRegister;
 use crate::validate::cd::InvalidCd;
 use crate::validate::command::IllegalCommand;
@@ -65,6 +66,41 @@ pub struct Counters {
     pub continuations: u64,
     /// The most work units one call spent.
     pub max_work_per_call: u32,
+
+    /// Page requests written into the guest's PRI queue.
+    pub pri_requests_forwarded: u64,
+    /// Stop markers taken from the physical PRI queue (never answered).
+    pub pri_stop_markers: u64,
+    /// Page requests not forwarded whose group the hypervisor answered, per reason
+    /// ([`PriRefusal::index`]).
+    pub pri_refused_answered: [u64; PriRefusal::COUNT],
+    /// Page requests not forwarded and not answered (not Last), per reason.
+    pub pri_refused_discarded: [u64; PriRefusal::COUNT],
+    /// Groups awaiting the guest's response that the hypervisor answered InvalidRequest because
+    /// their PASID was parked or its address space replaced.
+    pub pri_groups_answered_at_teardown: u64,
+    /// Open groups discarded after an overflow of the physical PRI queue (their Last was
+    /// answered by the SMMU).
+    pub pri_groups_discarded_by_overflow: u64,
+    /// Overflows of the physical PRI queue seen.
+    pub pri_physical_overflows: u64,
+    /// Times the guest's PRI queue entered its overflow condition.
+    pub pri_guest_overflows: u64,
+    /// Guest CMD_PRI_RESPs forwarded to the physical SMMU.
+    pub pri_responses_forwarded: u64,
+    /// Guest CMD_PRI_RESPs dropped, per cause ([`ResponseDrop::index`]).
+    pub pri_responses_dropped: [u64; ResponseDrop::COUNT],
+    /// PASIDs parked (their CD invalidated, or their stream disabled, while live).
+    pub pasid_parks: u64,
+    /// Parked PASIDs released after quiescing.
+    pub pasid_frees: u64,
+    /// Released PASIDs that went live again (a new address space).
+    pub pasid_reuses: u64,
+    /// Live PASIDs whose address space was replaced by another (hitless).
+    pub pasid_replaces: u64,
+    /// Valid guest CDs kept out of the shadow (the guest sees C_BAD_CD): the PASID was parked
+    /// and had not quiesced, or no more PASIDs could be tracked. Counted per look.
+    pub pasid_refusals: u64,
 }
 
 impl Default for Counters {
@@ -96,6 +132,21 @@ impl Default for Counters {
             budget_exhausted: 0,
             continuations: 0,
             max_work_per_call: 0,
+            pri_requests_forwarded: 0,
+            pri_stop_markers: 0,
+            pri_refused_answered: [0; PriRefusal::COUNT],
+            pri_refused_discarded: [0; PriRefusal::COUNT],
+            pri_groups_answered_at_teardown: 0,
+            pri_groups_discarded_by_overflow: 0,
+            pri_physical_overflows: 0,
+            pri_guest_overflows: 0,
+            pri_responses_forwarded: 0,
+            pri_responses_dropped: [0; ResponseDrop::COUNT],
+            pasid_parks: 0,
+            pasid_frees: 0,
+            pasid_reuses: 0,
+            pasid_replaces: 0,
+            pasid_refusals: 0,
         }
     }
 }
@@ -118,6 +169,19 @@ impl Counters {
     #[must_use]
     pub fn total_traps(&self) -> u64 {
         self.register_reads.iter().sum::<u64>() + self.register_writes.iter().sum::<u64>()
+    }
+
+    /// Page requests the hypervisor kept from the guest, answered or not.
+    #[must_use]
+    pub fn pri_requests_refused(&self) -> u64 {
+        self.pri_refused_answered.iter().sum::<u64>()
+            + self.pri_refused_discarded.iter().sum::<u64>()
+    }
+
+    /// Guest responses dropped, all causes.
+    #[must_use]
+    pub fn pri_responses_dropped_total(&self) -> u64 {
+        self.pri_responses_dropped.iter().sum()
     }
 
     /// The opcodes with a non-zero count, with their counts, for a report.

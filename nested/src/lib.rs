@@ -14,7 +14,10 @@
 //!    error with its architected outcome; [`guest_tables`] finds STEs and CDs in guest RAM.
 //! 4. [`shadow`]: the physical STE and the shadow CD table built from validated values, and
 //!    installed hitlessly; [`streams`]: which streams the VM owns, virtual and physical.
-//! 5. [`events`]: physical events back to the guest's event queue, rewritten.
+//! 5. [`events`]: physical events back to the guest's event queue, rewritten; [`pri`]: page
+//!    requests to the guest's PRI queue and its answers back, and [`pasid`]: the PASID
+//!    lifecycle that decides which address space a request or an answer belongs to;
+//!    [`reach`]: the pinning rule's device side (ATCs) for `hyp`'s stage-2 unmaps.
 //! 6. [`counters`]: what happened, for the shutdown report; [`budget`]: what a trap may spend.
 //!
 //! [`interfaces`] holds the consumer-side traits `hyp` implements; [`config`] what it decides
@@ -42,6 +45,9 @@ pub mod counters;
 pub mod events;
 pub mod guest_tables;
 pub mod interfaces;
+pub mod pasid;
+pub mod pri;
+pub mod reach;
 pub mod registers;
 pub mod shadow;
 pub mod streams;
@@ -57,7 +63,11 @@ pub use interfaces::guest_memory::{GuestMemory, GuestMemoryError};
 pub use interfaces::interrupts::{InterruptSink, VirtualInterrupt};
 pub use interfaces::mmio::{AccessWidth, MmioDevice, MmioError, MmioOffset, MmioOutcome, VcpuId};
 pub use interfaces::physical::{PhysicalCommand, PhysicalSmmu, ShadowSte};
-pub use vsmmu::{Backends, VirtualSmmu};
+pub use pasid::Epoch;
+pub use pri::{PriDisposition, PriRefusal, ResponseDrop};
+pub use reach::{DeviceCacheError, DeviceCachesInvalidated};
+pub use smmu::driver::{PriIntake, PriPosition};
+pub use vsmmu::{Backends, PasidSummary, VirtualSmmu};
 
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,7 @@ use std::vec::Vec;
 
 use smmu::domain::SyncProof;
 use smmu::driver::fake::{FakeBus, FakePlatform, FakeRegion, FakeSmmu};
-use smmu::driver::{Driver, DriverConfig, DriverMemory};
+use smmu::driver::{Driver, DriverConfig, DriverMemory, PriPosition};
 use smmu::entry::install::InstallReport;
 use smmu::registers::{Features, IdRegisters};
 use smmu::{Ipa, IpaRange, PhysAddr, StreamId};
@@ -190,7 +190,8 @@ pub struct SharedPhysical {
 }
 
 impl SharedPhysical {
-    /// A physical SMMU with `ids`, reset by the driver, and a bus for shadow memory.
+    /// A physical SMMU with `ids`, reset by the driver, and a bus for shadow memory. With
+    /// IDR0.PRI, a 16-entry PRI queue.
     #[must_use]
     pub fn new(ids: IdRegisters) -> Self {
         let bus = FakeBus::new(PhysAddr(BUS_BASE), BUS_BYTES);
@@ -200,7 +201,7 @@ impl SharedPhysical {
             stream_table_l2_pool: bus.region(PhysAddr(BUS_BASE + 0x1_0000), 8 * 256 * 64),
             command_queue: bus.region(PhysAddr(BUS_BASE + 0x8_0000), 1024 * 16),
             event_queue: bus.region(PhysAddr(BUS_BASE + 0x9_0000), 64 * 32),
-            pri_queue: None,
+            pri_queue: Some(bus.region(PhysAddr(BUS_BASE + 0x9_8000), 16 * 16)),
         };
         let driver = Driver::new(
             fake.clone(),
@@ -224,6 +225,53 @@ impl SharedPhysical {
     #[must_use]
     pub fn qemu_virt() -> Self {
         Self::new(IdRegisters::QEMU_VIRT)
+    }
+
+    /// QEMU `virt`'s SMMU with ATS, PRI (16-entry queue) and 4-bit substreams: what a vSMMU
+    /// forwards PRI from.
+    #[must_use]
+    pub fn with_pri() -> Self {
+        let qemu = IdRegisters::QEMU_VIRT;
+        Self::new(IdRegisters {
+            idr0: qemu.idr0 | 1 << 10 | 1 << 16,
+            idr1: qemu.idr1 | 4 << 6 | 4 << 11,
+            ..qemu
+        })
+    }
+
+    /// What `hyp` does with the physical PRI queue: drains it (the physical lock only), then
+    /// hands each entry to the vSMMU owning its stream (an overflow to each of `vsmmus`), and
+    /// tells each how far the drain got.
+    pub fn hand_page_requests(&self, vsmmus: &mut [&mut TestVsmmu]) {
+        let mut entries = Vec::new();
+        if self
+            .driver()
+            .drain_page_requests_at(64, |position, intake| entries.push((position, intake)))
+            .is_err()
+        {
+            return;
+        }
+        let mut next = PriPosition(0);
+        for (position, intake) in entries {
+            let sid = match intake {
+                smmu::driver::PriIntake::Request(request) => Some(request.sid),
+                smmu::driver::PriIntake::Undecodable { entry, .. } => Some(entry.raw_sid()),
+                smmu::driver::PriIntake::Overflowed => None,
+            };
+            if sid.is_some() {
+                next = next.max(position.next());
+            }
+            for vsmmu in vsmmus.iter_mut() {
+                if sid.is_none_or(|sid| vsmmu.owns_physical_stream(sid).is_some()) {
+                    let _ = vsmmu.handle_physical_page_request(position, &intake);
+                }
+            }
+        }
+        if next.0 > 0 {
+            for vsmmu in vsmmus.iter_mut() {
+                vsmmu.handle_pri_drained(next);
+            }
+        }
     }
 
     /// The driver (tests inspect it; the vSMMUs reach it through the trait).
@@ -266,6 +314,10 @@ impl PhysicalSmmu for SharedPhysical {
     fn sync(&mut self) -> Result<SyncProof, DriverBackendError> {
         *self.syncs.borrow_mut() += 1;
         PhysicalSmmu::sync(&mut *self.driver.borrow_mut())
+    }
+
+    fn pri_queue_position(&mut self) -> Option<PriPosition> {
+        PhysicalSmmu::pri_queue_position(&mut *self.driver.borrow_mut())
     }
 }
 
@@ -342,6 +394,8 @@ pub mod layout {
     pub const COMMAND_QUEUE: u64 = 0x2_0000;
     /// The event queue: 64 entries.
     pub const EVENT_QUEUE: u64 = 0x3_0000;
+    /// The PRI queue: 16 entries.
+    pub const PRI_QUEUE: u64 = 0x3_8000;
     /// CD tables.
     pub const CDS: u64 = 0x4_0000;
     /// Stage-1 page tables.
@@ -374,6 +428,20 @@ impl TestVm {
         streams: &[StreamAssignment],
         work_budget: u32,
     ) -> Self {
+        Self::with_options(physical, vmid, ram_base, streams, work_budget, false)
+    }
+
+    /// As [`TestVm::with_budget`], forwarding ATS (and so PRI, where the physical SMMU has
+    /// it) if `forward_ats`.
+    #[must_use]
+    pub fn with_options(
+        physical: &SharedPhysical,
+        vmid: Vmid,
+        ram_base: Ipa,
+        streams: &[StreamAssignment],
+        work_budget: u32,
+        forward_ats: bool,
+    ) -> Self {
         let memory = FakeGuestMemory::new(ram_base, layout::RAM_BYTES);
         let interrupts = RecordingInterrupts::default();
         let root = PhysAddr(0x2000_0000 + u64::from(vmid.0) * 0x10_0000);
@@ -383,7 +451,7 @@ impl TestVm {
             sid_bits: 8,
             cd_window_base: CD_WINDOW,
             work_budget,
-            forward_ats: false,
+            forward_ats,
             abort_until_enabled: true,
         };
         let vsmmu = VirtualSmmu::new(
@@ -465,15 +533,26 @@ impl TestVm {
         self.write64(o(o::EVTQ_BASE), 1 << 62 | evtq | 6).unwrap();
         self.write32(o(o::EVTQ_PROD), 0).unwrap();
         self.write32(o(o::EVTQ_CONS), 0).unwrap();
-        self.write32(o(o::CR0), 0b1100).unwrap();
-        acknowledged &= self.read32(o(o::CR0ACK)) == 0b1100;
+        // With PRI: a 16-entry PRI queue, enabled with the event queue.
+        let priqen = if self.vsmmu.features().pri {
+            let priq = self.ram(layout::PRI_QUEUE).0;
+            self.write64(o(o::PRIQ_BASE), 1 << 62 | priq | 4).unwrap();
+            self.write32(o(o::PRIQ_PROD), 0).unwrap();
+            self.write32(o(o::PRIQ_CONS), 0).unwrap();
+            0b10
+        } else {
+            0
+        };
+        self.write32(o(o::CR0), 0b1100 | priqen).unwrap();
+        acknowledged &= self.read32(o(o::CR0ACK)) == 0b1100 | priqen;
         self.write32(o(o::IRQ_CTRL), 0).unwrap();
         self.write64(o(o::GERROR_IRQ_CFG0), 0).unwrap();
         self.write64(o(o::EVTQ_IRQ_CFG0), 0).unwrap();
-        self.write32(o(o::IRQ_CTRL), 0b101).unwrap();
-        acknowledged &= self.read32(o(o::IRQ_CTRLACK)) == 0b101;
-        self.write32(o(o::CR0), 0b1101).unwrap();
-        acknowledged &= self.read32(o(o::CR0ACK)) == 0b1101;
+        let priq_irqen = priqen;
+        self.write32(o(o::IRQ_CTRL), 0b101 | priq_irqen).unwrap();
+        acknowledged &= self.read32(o(o::IRQ_CTRLACK)) == 0b101 | priq_irqen;
+        self.write32(o(o::CR0), 0b1101 | priqen).unwrap();
+        acknowledged &= self.read32(o(o::CR0ACK)) == 0b1101 | priqen;
         acknowledged
     }
 
@@ -550,12 +629,15 @@ pub mod hostile {
         pub commands: u64,
         /// Physical STE installs checked.
         pub installs: u64,
+        /// Page requests handed to the VMs (forwarded, answered or discarded).
+        pub page_requests: u64,
     }
 
     /// Offsets a hostile guest favours: every register, and a few around them.
-    const OFFSETS: [u64; 24] = [
+    const OFFSETS: [u64; 30] = [
         0x20, 0x24, 0x28, 0x2C, 0x44, 0x50, 0x60, 0x64, 0x68, 0x70, 0x80, 0x84, 0x88, 0x90, 0x94,
-        0x98, 0x9C, 0xA0, 0xA8, 0xAC, 0xB0, 0x1_00A8, 0x1_00AC, 0x1_00C8,
+        0x98, 0x9C, 0xA0, 0xA8, 0xAC, 0xB0, 0x1_00A8, 0x1_00AC, 0x1_00C8, 0x1_00CC, 0xC0, 0xC4,
+        0xD0, 0xD8, 0xDC,
     ];
 
     struct Cursor<'a> {
@@ -582,9 +664,14 @@ pub mod hostile {
         }
     }
 
-    /// Two VMs on one physical SMMU, with non-identity stream maps.
-    fn vms() -> [TestVm; 2] {
-        let physical = SharedPhysical::qemu_virt();
+    /// Two VMs on one physical SMMU, with non-identity stream maps; with `pri`, the physical
+    /// SMMU has ATS, PRI and substreams and the first VM forwards them.
+    fn vms(pri: bool) -> [TestVm; 2] {
+        let physical = if pri {
+            SharedPhysical::with_pri()
+        } else {
+            SharedPhysical::qemu_virt()
+        };
         let a = [
             StreamAssignment {
                 virtual_sid: VirtualStreamId(8),
@@ -600,7 +687,7 @@ pub mod hostile {
             physical_sid: StreamId(0x20),
         }];
         [
-            TestVm::with_budget(&physical, Vmid(1), Ipa(0x4000_0000), &a, BUDGET),
+            TestVm::with_options(&physical, Vmid(1), Ipa(0x4000_0000), &a, BUDGET, pri),
             TestVm::with_budget(&physical, Vmid(2), Ipa(0x8000_0000), &b, BUDGET),
         ]
     }
@@ -651,7 +738,7 @@ pub mod hostile {
                 | Cmd::TlbiNhAsid { vmid, .. }
                 | Cmd::TlbiNhVa { vmid, .. }
                 | Cmd::TlbiNhVaa { vmid, .. } => assert_eq!(vmid, vm.vmid),
-                Cmd::CfgiCd { sid, .. } | Cmd::AtcInv { sid, .. } => {
+                Cmd::CfgiCd { sid, .. } | Cmd::AtcInv { sid, .. } | Cmd::PriResp { sid, .. } => {
                     assert_eq!(owner(vms, sid), Some(actor), "another VM's stream");
                 }
                 other => panic!("a command the vSMMU never forwards: {other:?}"),
@@ -663,19 +750,33 @@ pub mod hostile {
                 vm.vsmmu.counters().max_work_per_call <= BUDGET + MAX_STEP_COST,
                 "a call did unbounded work"
             );
+            let streams = vm.vsmmu.streams.len();
+            assert!(
+                vm.vsmmu.pri.iter().all(|g| g.slot < streams),
+                "a group on a stream the VM does not own"
+            );
+            if !vm.vsmmu.features().pri {
+                assert_eq!(
+                    vm.vsmmu.counters().pri_requests_forwarded,
+                    0,
+                    "page requests forwarded to a VM without PRI"
+                );
+            }
         }
     }
 
     /// Runs the operations `data` encodes. Panics if a promise is broken.
     #[must_use]
     pub fn run(data: &[u8]) -> Report {
-        let mut vms = vms();
+        let mut cursor = Cursor { data };
+        // The first byte: bit 1, a physical SMMU with PRI (the first VM forwards it); bit 0, a
+        // start from a working Linux configuration, to reach deeper states.
+        let first = cursor.byte().unwrap_or(0);
+        let mut vms = vms(first & 2 != 0);
         let mut report = Report::default();
         let mut seen = (0, 0);
         check(&vms, None, &mut seen, &mut report);
-        // Half the runs start from a working Linux configuration, to reach deeper states.
-        let mut cursor = Cursor { data };
-        if cursor.byte().is_some_and(|b| b & 1 == 1) {
+        if first & 1 == 1 {
             for actor in 0..2 {
                 let _ = vms[actor].linux_reset();
                 check(&vms, Some(actor), &mut seen, &mut report);
@@ -733,6 +834,35 @@ pub mod hostile {
                     };
                     vm.memory.put_words(vm.ram(offset), &[w0, w1]);
                 }
+                5 if op >> 6 & 1 == 1 => {
+                    // A page request (or stop marker, or overflow) from the physical PRI queue,
+                    // for a stream of either VM, or none, handed over as hyp would.
+                    let (Some(w0), Some(w1)) = (cursor.u64(), cursor.u64()) else {
+                        break;
+                    };
+                    let sid = [0x10u64, 0x11, 0x20, 0x30][usize::from(op >> 3 & 3)];
+                    // Plausible: SSV with a small PASID, most reserved bits clear.
+                    let w0 = if w1 & 1 == 0 {
+                        w0 & 0xfc00_0003_0000_0000 | 1 << 63 | sid
+                    } else {
+                        w0 & !0xffff_ffff | sid
+                    };
+                    let physical = vms[0].physical.clone();
+                    for _ in 0..=(w1 >> 60) {
+                        let _ = physical.fake.inject_page_request(
+                            &smmu::page_request::PriEntry::from_words([
+                                w0,
+                                w1 & 0xffff_ffff_ffff_f1ff,
+                            ]),
+                        );
+                    }
+                    let owner = owner(&vms, StreamId(sid as u32));
+                    let [a, b] = &mut vms;
+                    physical.hand_page_requests(&mut [&mut a.vsmmu, &mut b.vsmmu]);
+                    report.operations += 1;
+                    check(&vms, owner, &mut seen, &mut report);
+                    continue;
+                }
                 5 => {
                     // A physical event for a stream of either VM, or none.
                     let (Some(w0), Some(w1)) = (cursor.u64(), cursor.u64()) else {
@@ -754,7 +884,14 @@ pub mod hostile {
                     // A burst of Linux-like commands through the queue.
                     let Some(n) = cursor.byte() else { break };
                     let commands: Vec<Cmd> = (0..n % 40)
-                        .map(|i| match i % 4 {
+                        // With bit 6 of the count: CMD_PRI_RESPs too (CERROR_ILL without PRI).
+                        .map(|i| match i % if n & 0x40 != 0 { 5 } else { 4 } {
+                            4 => Cmd::PriResp {
+                                sid: StreamId(u32::from([8u8, 1][usize::from(n & 1)])),
+                                ssid: (i & 8 != 0).then_some(smmu::SubstreamId(u32::from(i % 4))),
+                                prg_index: u16::from(n) + u16::from(i),
+                                response: smmu::command::PriResponse::Success,
+                            },
                             0 => Cmd::TlbiNhAsid {
                                 vmid: Vmid(u16::from(n)),
                                 asid: smmu::Asid(u16::from(i)),
@@ -776,6 +913,13 @@ pub mod hostile {
         report.commands = vms
             .iter()
             .map(|vm| vm.vsmmu.counters().total_commands())
+            .sum();
+        report.page_requests = vms
+            .iter()
+            .map(|vm| {
+                let c = vm.vsmmu.counters();
+                c.pri_requests_forwarded + c.pri_requests_refused() + c.pri_stop_markers
+            })
             .sum();
         report
     }

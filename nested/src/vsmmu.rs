@@ -6,6 +6,8 @@
 //! | [`MmioDevice::mmio_read`] / [`MmioDevice::mmio_write`] | a trapped access to the register window ([`crate::config::REGISTER_WINDOW_SIZE`]) |
 //! | [`VirtualSmmu::run_pending`] | when [`VirtualSmmu::has_pending_work`] says so: on a WFE trap of one of the VM's vCPUs (a guest polling its CMD_SYNC MSI in memory waits with WFE), or on a periodic tick |
 //! | [`VirtualSmmu::handle_physical_event`] | for each physical event whose stream [`VirtualSmmu::owns_physical_stream`], after the physical event queue was drained and its lock released |
+//! | [`VirtualSmmu::handle_physical_page_request`] | for each physical PRI queue entry (with its position) whose stream [`VirtualSmmu::owns_physical_stream`], after the physical PRI queue was drained ([`Driver::drain_page_requests_at`](smmu::driver::Driver::drain_page_requests_at)) and its lock released; an overflow goes to every vSMMU |
+//! | [`VirtualSmmu::handle_pri_drained`] | on every vSMMU, after the entries of a drain were handed over: the position the drain reached |
 //!
 //! Work continues by itself on the guest's own register accesses too: a CMDQ_PROD write, a
 //! CMDQ_CONS read (a guest polling for a sync without MSI), a GERRORN write that clears
@@ -19,7 +21,8 @@
 //! event queue must be drained with only the physical lock held, and the events handed to the
 //! vSMMUs afterwards.
 
-use smmu::driver::DmaMemory;
+use smmu::domain::Sequence;
+use smmu::driver::{DmaMemory, PriIntake, PriPosition};
 use smmu::entry::make::Stage2Translation;
 use smmu::event::Event;
 use smmu::{IpaRange, StreamId, VirtualStreamId};
@@ -32,6 +35,8 @@ use crate::interfaces::guest_memory::GuestMemory;
 use crate::interfaces::interrupts::InterruptSink;
 use crate::interfaces::mmio::{AccessWidth, MmioDevice, MmioError, MmioOffset, VcpuId};
 use crate::interfaces::physical::{PhysicalCommand, PhysicalSmmu};
+use crate::pasid::{PasidKey, PasidTable};
+use crate::pri::{Groups, PriDisposition};
 use crate::registers::RegisterFile;
 use crate::registers::id::VirtualFeatures;
 use crate::streams::{Stream, Streams};
@@ -68,6 +73,21 @@ pub struct VirtualSmmu<G, P, I, C, const STREAMS: usize> {
     pub(crate) unsynced: bool,
     pub(crate) work_budget: u32,
     pub(crate) counters: Counters,
+    /// The PASIDs that are live or parked.
+    pub(crate) pasids: PasidTable,
+    /// The page request groups forwarded to the guest, and the PRI drain's progress.
+    pub(crate) pri: Groups,
+    /// The newest CMD_SYNC proof the vSMMU has held.
+    pub(crate) last_sync: Option<Sequence>,
+}
+
+/// How many of a vSMMU's PASIDs are in each lifecycle state now.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct PasidSummary {
+    /// Live: a valid shadow CD.
+    pub live: usize,
+    /// Parked: waiting to quiesce.
+    pub parked: usize,
 }
 
 impl<G, P, I, C, const STREAMS: usize> VirtualSmmu<G, P, I, C, STREAMS>
@@ -86,7 +106,7 @@ where
     /// [`ConfigError::InitialInstall`].
     pub fn new(
         config: &VsmmuConfig<'_>,
-        backends: Backends<G, P, I, C>,
+        mut backends: Backends<G, P, I, C>,
     ) -> Result<Self, ConfigError> {
         let physical = backends.physical.features();
         if !physical.s1p
@@ -150,24 +170,29 @@ where
         if !below_ipa_limit || backends.guest_memory.overlaps_ram(window) {
             return Err(ConfigError::CdWindow(window));
         }
+        let pri_queue = backends.physical.pri_queue_position().is_some();
         let features = VirtualFeatures::derive(
             &physical,
             ipa_bits,
             config.sid_bits,
             cd_layout.cds_log2,
             config.forward_ats,
-        );
+        )
+        .with_pri(&physical, pri_queue);
         let mut vsmmu = Self {
             backends,
             features,
             stage2: config.stage2,
-            registers: RegisterFile::reset(config.abort_until_enabled),
+            registers: RegisterFile::reset(config.abort_until_enabled, features.pri),
             streams,
             cd_layout,
             batch: heapless::Vec::new(),
             unsynced: false,
             work_budget: config.work_budget,
             counters: Counters::default(),
+            pasids: PasidTable::default(),
+            pri: Groups::default(),
+            last_sync: None,
         };
         // One STE per stream, no guest memory read (the vSMMU is disabled): bounded by STREAMS.
         let mut budget = Budget::new(u32::MAX);
@@ -221,7 +246,9 @@ where
     /// or STEs and CDs still to shadow.
     #[must_use]
     pub fn has_pending_work(&self) -> bool {
-        self.streams.first_dirty().is_some() || self.command_queue_has_work()
+        self.streams.first_dirty().is_some()
+            || self.command_queue_has_work()
+            || self.pasids.parked().any(|p| p.needs_invalidation())
     }
 
     /// Continues pending work, one trap's budget of it. Returns whether work is still left.
@@ -239,6 +266,51 @@ where
         self.intake_event(event)
     }
 
+    /// Takes a physical PRI queue entry at `position` (an overflow: the position the SMMU was
+    /// writing at when it was found): forwards a page request to the guest's PRI queue with
+    /// its virtual stream ID, or answers or discards it, and says which (see [`crate::pri`]).
+    /// An overflow must be handed to every vSMMU.
+    pub fn handle_physical_page_request(
+        &mut self,
+        position: PriPosition,
+        intake: &PriIntake,
+    ) -> PriDisposition {
+        self.intake_page_request(position, intake)
+    }
+
+    /// Every physical PRI queue entry before `up_to` has been handed to the vSMMUs: parked
+    /// PASIDs waiting for the drain may quiesce (one the guest has given a new CD meanwhile
+    /// then goes live at the next [`VirtualSmmu::run_pending`]).
+    pub fn handle_pri_drained(&mut self, up_to: PriPosition) {
+        self.pri_advance(up_to);
+        self.flush_batch();
+    }
+
+    /// How many PASIDs are live and parked now.
+    #[must_use]
+    pub fn pasids(&self) -> PasidSummary {
+        let (live, parked) = self.pasids.counts();
+        PasidSummary { live, parked }
+    }
+
+    /// Re-submits the invalidation of parked PASIDs whose first one did not complete.
+    fn retry_invalidations(&mut self, budget: &mut Budget) {
+        let mut retry: heapless::Vec<(PasidKey, smmu::Asid), { crate::pasid::MAX_TRACKED_PASIDS }> =
+            heapless::Vec::new();
+        for parked in self.pasids.parked().filter(|p| p.needs_invalidation()) {
+            let _ = retry.push((parked.key(), parked.asid));
+        }
+        for (key, asid) in retry {
+            if !budget.has_room() {
+                break;
+            }
+            if let Some(invalidated) = self.invalidate_pasid(key, asid, budget) {
+                self.pasids.invalidated(key, invalidated);
+            }
+        }
+        self.release_quiescent_pasids();
+    }
+
     /// One trap's worth of work: shadow updates first, then commands.
     pub(crate) fn run(&mut self) {
         let mut budget = Budget::new(self.work_budget);
@@ -252,6 +324,9 @@ where
     /// Shadow work before each command, so a CFGI takes effect before anything after it; then
     /// the command queue, while the budget has room.
     pub(crate) fn run_with(&mut self, budget: &mut Budget) {
+        if self.pasids.parked().any(|p| p.needs_invalidation()) {
+            self.retry_invalidations(budget);
+        }
         while budget.has_room() {
             if let Some(slot) = self.streams.first_dirty() {
                 self.flush_batch();

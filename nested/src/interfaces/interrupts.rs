@@ -10,6 +10,9 @@
 pub enum VirtualInterrupt {
     /// The event queue went non-empty (device tree name `eventq`).
     EventQueue,
+    /// A page request was written into the PRI queue (device tree name `priq`); only with PRI
+    /// advertised.
+    PriQueue,
     /// A global error became active (device tree name `gerror`).
     GlobalError,
     /// A CMD_SYNC with CS=SIG_IRQ completed (device tree name `cmdq-sync`).
@@ -17,14 +20,21 @@ pub enum VirtualInterrupt {
 }
 
 impl VirtualInterrupt {
-    /// Every output, in the order a device tree lists them.
-    pub const ALL: [VirtualInterrupt; 3] = [Self::EventQueue, Self::GlobalError, Self::CommandSync];
+    /// Every output, in the order a device tree lists them. `priq` may be left out of a
+    /// device tree when the vSMMU advertises no PRI (Linux ignores it then).
+    pub const ALL: [VirtualInterrupt; 4] = [
+        Self::EventQueue,
+        Self::PriQueue,
+        Self::GlobalError,
+        Self::CommandSync,
+    ];
 
     /// The `interrupt-names` entry of the `arm,smmu-v3` binding for this output.
     #[must_use]
     pub const fn device_tree_name(self) -> &'static str {
         match self {
             Self::EventQueue => "eventq",
+            Self::PriQueue => "priq",
             Self::GlobalError => "gerror",
             Self::CommandSync => "cmdq-sync",
         }

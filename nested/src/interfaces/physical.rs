@@ -9,6 +9,13 @@
 //! vSMMU itself, into memory `hyp` gives it ([`DmaMemory`]), with the hitless installer and
 //! `CMD_CFGI_CD` + `CMD_SYNC` through [`PhysicalSmmu::submit`] and [`PhysicalSmmu::sync`].
 //!
+//! PRI: the vSMMU answers page request groups and forwards the guest's answers as
+//! [`PhysicalCommand`]s (`CMD_PRI_RESP`, and `CMD_ATC_INV` when a PASID is torn down) through
+//! [`PhysicalSmmu::submit`], and asks [`PhysicalSmmu::pri_queue_position`] where the physical
+//! PRI queue stands when a PASID is torn down or goes live. It never drains that queue: `hyp`
+//! does, at EL2, with only the physical lock held, and hands each entry with its position to
+//! the owning vSMMU ([`VirtualSmmu::handle_physical_page_request`](crate::VirtualSmmu::handle_physical_page_request)).
+//!
 //! The implementation for `smmu`'s [`Driver`] is here, so `hyp` only adds its lock:
 //! `hyp` implements [`PhysicalSmmu`] for a handle that locks its one driver and delegates.
 
@@ -17,7 +24,7 @@ use core::fmt;
 use smmu::StreamId;
 use smmu::command::Cmd;
 use smmu::domain::{InvalidationError, Stage2Invalidation, SyncProof};
-use smmu::driver::{DmaMemory, Driver, Error as DriverError, Platform};
+use smmu::driver::{DmaMemory, Driver, Error as DriverError, Platform, PriPosition};
 use smmu::entry::PhysicalSte;
 use smmu::entry::install::InstallReport;
 use smmu::hardware::RegisterAccess;
@@ -112,6 +119,14 @@ pub trait PhysicalSmmu {
     ///
     /// The sync timed out, or a command before it failed.
     fn sync(&mut self) -> Result<SyncProof, Self::Error>;
+
+    /// The position the next entry the physical SMMU writes into its PRI queue will take
+    /// ([`Driver::pri_queue_position`]): every page request written before the call has a
+    /// smaller one. `None` when there is no PRI queue in use (or its pointer cannot be read);
+    /// the vSMMU then advertises no PRI. The default is `None`.
+    fn pri_queue_position(&mut self) -> Option<PriPosition> {
+        None
+    }
 }
 
 /// What the [`Driver`]-backed implementation reports.
@@ -155,5 +170,9 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> PhysicalSmmu for Driver<R, M,
 
     fn sync(&mut self) -> Result<SyncProof, DriverBackendError> {
         self.sync_with_proof().map_err(DriverBackendError::Sync)
+    }
+
+    fn pri_queue_position(&mut self) -> Option<PriPosition> {
+        Driver::pri_queue_position(self).ok()
     }
 }

@@ -9,9 +9,14 @@
 //! - **SSIDSIZE** is the physical one capped by the shadow CD table of a stream
 //!   ([`crate::config::MAX_SHADOW_CDS_PER_STREAM`], and the memory given); CD2L only with
 //!   substreams (the shadow flattens a two-level guest table into a linear one).
-//! - **ATS** only if the physical SMMU has it and `hyp` forwards it; **PRI and stall never**
-//!   yet (STALL_MODEL=terminate only, no PRI queue); **HTTU never** (the shadow CD would let a
-//!   device set dirty bits in tables the guest did not ask for).
+//! - **ATS** only if the physical SMMU has it and `hyp` forwards it. **PRI** only with ATS
+//!   forwarded (a page request's answer is acted on by ATS) and a physical PRI queue in use
+//!   ([`crate::interfaces::physical::PhysicalSmmu::pri_queue_position`]); PRIQS is the
+//!   physical queue's (a guest grants its devices credits from it, and the physical queue is
+//!   what those credits must fit: `hyp` is expected to trap credit writes, as IHI 0070 chapter
+//!   8 advises). With PRI, IDR3.PPS = 1: every automatic response of the vSMMU carries the
+//!   request's PASID. **Stall never** (STALL_MODEL=terminate only); **HTTU never** (the shadow
+//!   CD would let a device set dirty bits in tables the guest did not ask for).
 //! - **MSI with coherent access** (MSI=1, COHACC=1): Linux then completes CMD_SYNC by polling
 //!   memory (MSIPOLL), the hypervisor performs the guest's sync MSI write into guest RAM, and a
 //!   sync costs the guest no second trap. **SEV=1**: CMD_SYNC's SIG_SEV is honoured.
@@ -41,6 +46,10 @@ pub struct VirtualFeatures {
     pub asid16: bool,
     /// IDR0.ATS.
     pub ats: bool,
+    /// IDR0.PRI (and IDR3.PPS).
+    pub pri: bool,
+    /// IDR1.PRIQS (0 without PRI).
+    pub priqs: u8,
     /// IDR3.RIL.
     pub ril: bool,
     /// IDR0.CD2L.
@@ -93,6 +102,8 @@ impl VirtualFeatures {
             evtqs: MAX_VIRTUAL_QUEUE_LOG2,
             asid16: physical.asid16,
             ats: forward_ats && physical.ats,
+            pri: false,
+            priqs: 0,
             ril: physical.ril,
             cd2l: ssid_bits > 0,
             ttendian: physical.ttendian,
@@ -109,6 +120,22 @@ impl VirtualFeatures {
         }
     }
 
+    /// The same features with PRI advertised if `pri_queue` (the physical SMMU has a PRI queue
+    /// in use) and the rules above allow it.
+    #[must_use]
+    pub fn with_pri(self, physical: &Features, pri_queue: bool) -> Self {
+        let pri = pri_queue && physical.pri && self.ats;
+        Self {
+            pri,
+            priqs: if pri {
+                physical.priqs.min(MAX_VIRTUAL_QUEUE_LOG2)
+            } else {
+                0
+            },
+            ..self
+        }
+    }
+
     /// SMMU_IDR0.
     #[must_use]
     pub fn idr0(&self) -> u32 {
@@ -122,6 +149,7 @@ impl VirtualFeatures {
             | 1 << 4 // COHACC
             | u32::from(self.ats) << 10
             | u32::from(self.asid16) << 12
+            | u32::from(self.pri) << 16
             | 1 << 13 // MSI
             | 1 << 14 // SEV
             | u32::from(self.cd2l) << 19
@@ -136,6 +164,7 @@ impl VirtualFeatures {
     pub fn idr1(&self) -> u32 {
         u32::from(self.sid_bits & 0x3f)
             | u32::from(self.ssid_bits & 0x1f) << 6
+            | u32::from(self.priqs & 0x1f) << 11
             | u32::from(self.evtqs & 0x1f) << 16
             | u32::from(self.cmdqs & 0x1f) << 21
     }
@@ -143,7 +172,7 @@ impl VirtualFeatures {
     /// SMMU_IDR3.
     #[must_use]
     pub fn idr3(&self) -> u32 {
-        u32::from(self.ril) << 10
+        u32::from(self.pri) << 5 | u32::from(self.ril) << 10
     }
 
     /// SMMU_IDR5.

@@ -17,10 +17,11 @@
 //! - IRQ_CTRLACK follows IRQ_CTRL at once;
 //! - GERRORN acknowledges errors by toggling; acknowledging CMDQ_ERR restarts the command queue.
 //!
-//! Undefined offsets of page 0 are RES0; page 1 has only EVENTQ_PROD/CONS (this vSMMU has no
-//! PRI queue), and the optional page-0 aliases of those two are implemented. The reactions to a
-//! write (the command queue, re-shadowing) are in [`crate::command_queue`] and
-//! [`crate::shadow`]; the values advertised are in [`id`].
+//! Undefined offsets of page 0 are RES0; page 1 has only EVENTQ_PROD/CONS and, with PRI
+//! advertised, PRIQ_PROD/CONS, and the optional page-0 aliases of those are implemented. Without
+//! PRI every PRI queue register (and CR0.PRIQEN, IRQ_CTRL.PRIQ_IRQEN, GERROR's PRI bits) is
+//! RES0. The reactions to a write (the command queue, re-shadowing) are in
+//! [`crate::command_queue`] and [`crate::shadow`]; the values advertised are in [`id`].
 
 pub mod id;
 
@@ -73,13 +74,19 @@ pub enum VirtualRegister {
     EvtqIrqCfg0,
     EvtqIrqCfg1,
     EvtqIrqCfg2,
+    PriqBase,
+    PriqProd,
+    PriqCons,
+    PriqIrqCfg0,
+    PriqIrqCfg1,
+    PriqIrqCfg2,
     /// Any offset without a register (RES0).
     Reserved,
 }
 
 impl VirtualRegister {
     /// How many there are, for counters.
-    pub const COUNT: usize = 33;
+    pub const COUNT: usize = 39;
 
     /// A dense index for counters.
     #[must_use]
@@ -97,6 +104,22 @@ impl VirtualRegister {
                 | Self::CmdqBase
                 | Self::EvtqBase
                 | Self::EvtqIrqCfg0
+                | Self::PriqBase
+                | Self::PriqIrqCfg0
+        )
+    }
+
+    /// Whether the register exists only with PRI advertised.
+    #[must_use]
+    pub const fn is_pri(self) -> bool {
+        matches!(
+            self,
+            Self::PriqBase
+                | Self::PriqProd
+                | Self::PriqCons
+                | Self::PriqIrqCfg0
+                | Self::PriqIrqCfg1
+                | Self::PriqIrqCfg2
         )
     }
 
@@ -110,6 +133,8 @@ impl VirtualRegister {
             return match within {
                 0xA8 => (Self::EvtqProd, false),
                 0xAC => (Self::EvtqCons, false),
+                0xC8 => (Self::PriqProd, false),
+                0xCC => (Self::PriqCons, false),
                 _ => (Self::Reserved, false),
             };
         }
@@ -119,6 +144,8 @@ impl VirtualRegister {
             0x90 => (Self::CmdqBase, true),
             0xA0 => (Self::EvtqBase, true),
             0xB0 => (Self::EvtqIrqCfg0, true),
+            0xC0 => (Self::PriqBase, true),
+            0xD0 => (Self::PriqIrqCfg0, true),
             _ => (Self::Reserved, false),
         };
         if high {
@@ -153,6 +180,11 @@ impl VirtualRegister {
             0xAC => Self::EvtqCons,
             0xB8 => Self::EvtqIrqCfg1,
             0xBC => Self::EvtqIrqCfg2,
+            // The optional page-0 aliases of the page-1 PRI queue pointers.
+            0xC8 => Self::PriqProd,
+            0xCC => Self::PriqCons,
+            0xD8 => Self::PriqIrqCfg1,
+            0xDC => Self::PriqIrqCfg2,
             _ => Self::Reserved,
         };
         (register, false)
@@ -160,8 +192,15 @@ impl VirtualRegister {
 }
 
 /// GERROR bits this vSMMU can raise: CMDQ_ERR, EVTQ_ABT_ERR, MSI_CMDQ_ABT_ERR,
-/// MSI_EVTQ_ABT_ERR, MSI_GERROR_ABT_ERR. (No PRI, no service failure mode.)
+/// MSI_EVTQ_ABT_ERR, MSI_GERROR_ABT_ERR; with PRI also [`GERROR_PRI`]. (No service failure
+/// mode.)
 pub(crate) const GERROR_DEFINED: u32 = 1 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 7;
+/// GERROR.PRIQ_ABT_ERR.
+pub(crate) const PRIQ_ABT_ERR: u32 = 1 << 3;
+/// GERROR.MSI_PRIQ_ABT_ERR.
+pub(crate) const MSI_PRIQ_ABT_ERR: u32 = 1 << 6;
+/// The GERROR bits PRI adds.
+pub(crate) const GERROR_PRI: u32 = PRIQ_ABT_ERR | MSI_PRIQ_ABT_ERR;
 /// GERROR.CMDQ_ERR.
 pub(crate) const CMDQ_ERR: u32 = 1;
 /// GERROR.EVTQ_ABT_ERR.
@@ -189,6 +228,8 @@ const QUEUE_POINTER_BITS: u32 = 0xf_ffff;
 const ALLOCATE_HINT: u64 = 1 << 62;
 /// An IRQ_CFG2: MemAttr and SH.
 const IRQ_CFG2_FIELDS: u32 = 0x3f;
+/// PRIQ_IRQ_CFG2: MemAttr, SH and LO (signal only for Last entries).
+const PRIQ_IRQ_CFG2_FIELDS: u32 = IRQ_CFG2_FIELDS | 1 << 31;
 
 /// The register state. Reset values: everything disabled and zero, GBPA as configured.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -218,6 +259,14 @@ pub(crate) struct RegisterFile {
     pub(crate) evtq_irq_cfg0: u64,
     pub(crate) evtq_irq_cfg1: u32,
     pub(crate) evtq_irq_cfg2: u32,
+    pub(crate) priq_base: u64,
+    pub(crate) priq_prod: u32,
+    pub(crate) priq_cons: u32,
+    pub(crate) priq_irq_cfg0: u64,
+    pub(crate) priq_irq_cfg1: u32,
+    pub(crate) priq_irq_cfg2: u32,
+    /// GERROR bits defined on this vSMMU (with or without PRI).
+    pub(crate) gerror_defined: u32,
 }
 
 /// A queue's place in guest memory and its size, from its BASE register.
@@ -269,7 +318,7 @@ impl QueueGeometry {
 }
 
 impl RegisterFile {
-    pub(crate) fn reset(abort: bool) -> Self {
+    pub(crate) fn reset(abort: bool, pri: bool) -> Self {
         Self {
             cr0: Cr0::default(),
             smmuen_ack: false,
@@ -294,6 +343,13 @@ impl RegisterFile {
             evtq_irq_cfg0: 0,
             evtq_irq_cfg1: 0,
             evtq_irq_cfg2: 0,
+            priq_base: 0,
+            priq_prod: 0,
+            priq_cons: 0,
+            priq_irq_cfg0: 0,
+            priq_irq_cfg1: 0,
+            priq_irq_cfg2: 0,
+            gerror_defined: GERROR_DEFINED | if pri { GERROR_PRI } else { 0 },
         }
     }
 
@@ -315,7 +371,7 @@ impl RegisterFile {
 
     /// The errors active now.
     pub(crate) fn active_errors(&self) -> u32 {
-        (self.gerror ^ self.gerrorn) & GERROR_DEFINED
+        (self.gerror ^ self.gerrorn) & self.gerror_defined
     }
 }
 
@@ -411,12 +467,17 @@ where
             VirtualRegister::CmdqBase => r.cmdq_base,
             VirtualRegister::EvtqBase => r.evtq_base,
             VirtualRegister::EvtqIrqCfg0 => r.evtq_irq_cfg0,
+            VirtualRegister::PriqBase if self.features.pri => r.priq_base,
+            VirtualRegister::PriqIrqCfg0 if self.features.pri => r.priq_irq_cfg0,
             _ => return None,
         })
     }
 
     fn read32(&mut self, offset: u64) -> Option<u32> {
         let (register, high) = VirtualRegister::at(offset);
+        if register.is_pri() && !self.features.pri {
+            return None;
+        }
         if register.is_64bit() {
             let whole = self.read64(register)?;
             return Some(low32(if high { whole >> 32 } else { whole }));
@@ -458,11 +519,17 @@ where
             VirtualRegister::EvtqCons => r.evtq_cons,
             VirtualRegister::EvtqIrqCfg1 => r.evtq_irq_cfg1,
             VirtualRegister::EvtqIrqCfg2 => r.evtq_irq_cfg2,
+            VirtualRegister::PriqProd => r.priq_prod,
+            VirtualRegister::PriqCons => r.priq_cons,
+            VirtualRegister::PriqIrqCfg1 => r.priq_irq_cfg1,
+            VirtualRegister::PriqIrqCfg2 => r.priq_irq_cfg2,
             VirtualRegister::GerrorIrqCfg0
             | VirtualRegister::StrtabBase
             | VirtualRegister::CmdqBase
             | VirtualRegister::EvtqBase
             | VirtualRegister::EvtqIrqCfg0
+            | VirtualRegister::PriqBase
+            | VirtualRegister::PriqIrqCfg0
             | VirtualRegister::Reserved => return None,
         })
     }
@@ -470,6 +537,9 @@ where
     fn write32(&mut self, offset: u64, value: u32) -> Result<(), MmioError> {
         let at = MmioOffset(offset);
         let (register, high) = VirtualRegister::at(offset);
+        if register.is_pri() && !self.features.pri {
+            return Err(MmioError::Reserved(at));
+        }
         if register.is_64bit() {
             let old = self.read64(register).unwrap_or(0);
             let merged = if high {
@@ -503,13 +573,13 @@ where
             }
             VirtualRegister::Gbpa => self.write_gbpa(value, at),
             VirtualRegister::IrqCtrl => {
-                self.registers.irq_ctrl = IrqCtrl(value).with_priq_irqen(false);
-                self.registers.irq_ctrl.0 &= 0b101;
+                let defined = if self.features.pri { 0b111 } else { 0b101 };
+                self.registers.irq_ctrl = IrqCtrl(value & defined);
                 Ok(())
             }
             VirtualRegister::Gerrorn => {
                 let was_stopped = self.registers.active_errors() & CMDQ_ERR != 0;
-                self.registers.gerrorn = value & GERROR_DEFINED;
+                self.registers.gerrorn = value & self.registers.gerror_defined;
                 if was_stopped && self.registers.active_errors() & CMDQ_ERR == 0 {
                     self.run();
                 }
@@ -578,6 +648,31 @@ where
                 self.registers.evtq_irq_cfg2 = value & IRQ_CFG2_FIELDS;
                 Ok(())
             }
+            VirtualRegister::PriqProd => {
+                if self.registers.cr0.priqen() {
+                    return ignored;
+                }
+                self.registers.priq_prod = value & (QUEUE_POINTER_BITS | OVERFLOW_FLAG);
+                Ok(())
+            }
+            VirtualRegister::PriqCons => {
+                self.registers.priq_cons = value & (QUEUE_POINTER_BITS | OVERFLOW_FLAG);
+                Ok(())
+            }
+            VirtualRegister::PriqIrqCfg1 => {
+                if self.registers.irq_ctrl.priq_irqen() {
+                    return ignored;
+                }
+                self.registers.priq_irq_cfg1 = value;
+                Ok(())
+            }
+            VirtualRegister::PriqIrqCfg2 => {
+                if self.registers.irq_ctrl.priq_irqen() {
+                    return ignored;
+                }
+                self.registers.priq_irq_cfg2 = value & PRIQ_IRQ_CFG2_FIELDS;
+                Ok(())
+            }
             VirtualRegister::Idr0
             | VirtualRegister::Idr1
             | VirtualRegister::Idr2
@@ -595,7 +690,9 @@ where
             | VirtualRegister::StrtabBase
             | VirtualRegister::CmdqBase
             | VirtualRegister::EvtqBase
-            | VirtualRegister::EvtqIrqCfg0 => ignored,
+            | VirtualRegister::EvtqIrqCfg0
+            | VirtualRegister::PriqBase
+            | VirtualRegister::PriqIrqCfg0 => ignored,
         }
     }
 
@@ -639,6 +736,18 @@ where
                 }
                 r.evtq_base = value & (ALLOCATE_HINT | address & !0x1f | 0x1f);
             }
+            VirtualRegister::PriqBase if self.features.pri => {
+                if r.cr0.priqen() {
+                    return ignored;
+                }
+                r.priq_base = value & (ALLOCATE_HINT | address & !0x1f | 0x1f);
+            }
+            VirtualRegister::PriqIrqCfg0 if self.features.pri => {
+                if r.irq_ctrl.priq_irqen() {
+                    return ignored;
+                }
+                r.priq_irq_cfg0 = value & address & !0b11;
+            }
             _ => return Err(MmioError::Reserved(at)),
         }
         Ok(())
@@ -651,6 +760,9 @@ where
             .with_cmdqen(true);
         if self.features.ats {
             defined = defined.with_atschk(true);
+        }
+        if self.features.pri {
+            defined = defined.with_priqen(true);
         }
         let new = Cr0(value & defined.0);
         let old = self.registers.cr0;
@@ -684,7 +796,7 @@ where
     /// Activates global errors `bits` that are not active already, and signals them (the
     /// GERROR interrupt and MSI, except for MSI_GERROR_ABT_ERR).
     pub(crate) fn raise_global_error(&mut self, bits: u32) {
-        let new = bits & GERROR_DEFINED & !self.registers.active_errors();
+        let new = bits & self.registers.gerror_defined & !self.registers.active_errors();
         if new == 0 {
             return;
         }
@@ -752,8 +864,14 @@ mod tests {
             (0x1_00A8, VirtualRegister::EvtqProd, false),
             (0x1_00AC, VirtualRegister::EvtqCons, false),
             (0xB4, VirtualRegister::EvtqIrqCfg0, true),
-            (0xC0, VirtualRegister::Reserved, false),
-            (0x1_00C8, VirtualRegister::Reserved, false),
+            (0xC0, VirtualRegister::PriqBase, false),
+            (0xC4, VirtualRegister::PriqBase, true),
+            (0x1_00C8, VirtualRegister::PriqProd, false),
+            (0x1_00CC, VirtualRegister::PriqCons, false),
+            (0xD0, VirtualRegister::PriqIrqCfg0, false),
+            (0xD8, VirtualRegister::PriqIrqCfg1, false),
+            (0xDC, VirtualRegister::PriqIrqCfg2, false),
+            (0x1_00D0, VirtualRegister::Reserved, false),
             (0x1_0020, VirtualRegister::Reserved, false),
             (0xFFC, VirtualRegister::Reserved, false),
         ];

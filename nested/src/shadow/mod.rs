@@ -13,7 +13,9 @@
 //!    hitless STE installer.
 //!
 //! So a stream becomes nested only once all its CDs are in place, and a live CD is replaced
-//! without a window in which it is invalid when a hitless sequence exists.
+//! without a window in which it is invalid when a hitless sequence exists. When an STE install
+//! leaves a live PASID's CD out of the physical SMMU's reach (the stream disabled, S1CDMax
+//! shrunk), the PASID is parked ([`crate::pasid`]).
 
 pub mod cd;
 pub mod ste;
@@ -28,6 +30,7 @@ use crate::guest_tables::{SteFault, locate_ste, read_ste};
 use crate::interfaces::guest_memory::GuestMemory;
 use crate::interfaces::interrupts::InterruptSink;
 use crate::interfaces::physical::PhysicalSmmu;
+use crate::pasid::{MAX_TRACKED_PASIDS, PasidKey};
 use crate::streams::ShadowConfig;
 use crate::validate::ste::{GuestSte, SteRequest, validate_ste};
 
@@ -144,6 +147,7 @@ where
             &self.stage2,
             &self.backends.physical.features(),
             &self.cd_layout,
+            self.features.pri,
         ) {
             Ok(built) => (built, config),
             Err(_) => {
@@ -177,6 +181,41 @@ where
         if let Some(stream) = self.streams.get_mut(slot) {
             stream.installed = installed;
             stream.pending = None;
+        }
+        if let Some(config) = installed {
+            let before = stream.installed.map_or(0, |c| c.reachable_cds());
+            self.follow_reach(slot, before, config.reachable_cds(), budget);
+        }
+    }
+
+    /// After an STE install changed which CDs of the stream in `slot` the physical SMMU can
+    /// reach (`before` CDs, now `after`): live PASIDs it no longer reaches are parked (the
+    /// stream was disabled, or its S1CDMax shrank), and those it reaches only now start taking
+    /// page requests from here.
+    fn follow_reach(&mut self, slot: usize, before: u64, after: u64, budget: &mut Budget) {
+        let from = u32::try_from(after).unwrap_or(u32::MAX);
+        let unreachable: heapless::Vec<PasidKey, MAX_TRACKED_PASIDS> =
+            self.pasids.live_in(slot, from).collect();
+        for key in unreachable {
+            let Some(offset) = self.cd_layout.offset(slot, key.cd) else {
+                continue;
+            };
+            let current = cd::read_shadow(&self.backends.shadow_cds, offset);
+            self.park(key, offset, current, false, budget);
+        }
+        if after > before {
+            let from = u32::try_from(before).unwrap_or(u32::MAX);
+            let reachable: heapless::Vec<PasidKey, MAX_TRACKED_PASIDS> = self
+                .pasids
+                .live_in(slot, from)
+                .filter(|key| u64::from(key.cd) < after)
+                .collect();
+            if !reachable.is_empty() {
+                let since = self.pri_position().unwrap_or_default();
+                for key in reachable {
+                    self.pasids.restart(key, since);
+                }
+            }
         }
     }
 }

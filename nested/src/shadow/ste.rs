@@ -2,7 +2,7 @@
 //!
 //! | guest asks | physical STE |
 //! |---|---|
-//! | stage 1 | nested: S1ContextPtr = the stream's shadow CD table in the CD window (an IPA), S1CDMax and S1DSS the guest's, CD fetch attributes the hypervisor's; stage 2 = the VM's domain, VMID forced |
+//! | stage 1 | nested: S1ContextPtr = the stream's shadow CD table in the CD window (an IPA), S1CDMax and S1DSS the guest's, CD fetch attributes the hypervisor's; stage 2 = the VM's domain, VMID forced; PPAR = 1 when PRI is forwarded |
 //! | bypass (or disabled, GBPA.ABORT = 0) | stage 2 alone, the VM's domain |
 //! | abort (or disabled, GBPA.ABORT = 1) | abort |
 //! | an invalid or unreachable STE | V = 0: the SMMU aborts and records C_BAD_STE, forwarded |
@@ -57,6 +57,7 @@ pub(crate) fn build(
     stage2: &Stage2Translation,
     physical: &Features,
     layout: &CdLayout,
+    pri: bool,
 ) -> Result<ShadowSte, BuildError> {
     let ste = match config {
         ShadowConfig::Abort => make_abort_ste(),
@@ -80,6 +81,12 @@ pub(crate) fn build(
             let mut ste = make_nested_ste(&context, stage2).map_err(BuildError::Make)?;
             if *eats == Eats::Translate && physical.ats {
                 ste.set_eats(Eats::Translate);
+            }
+            if pri {
+                // PPAR: the physical SMMU's automatic responses (PRI queue overflow) carry the
+                // request's PASID, as the vSMMU's own do (IDR3.PPS) and as functions that
+                // require a PASID on responses (the SVA ones) need.
+                ste.set_ppar(true);
             }
             ste
         }

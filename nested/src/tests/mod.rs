@@ -12,6 +12,7 @@
 mod commands;
 mod events;
 mod isolation;
+mod pri;
 mod properties;
 mod registers;
 mod shadow;

@@ -26,3 +26,36 @@ fn a_linux_start_then_noise_runs_clean() {
     assert!(report.commands > 100, "{report:?}");
     assert!(report.installs > 0, "{report:?}");
 }
+
+#[test]
+fn a_linux_start_with_pri_then_page_requests_and_responses_runs_clean() {
+    // Bit 1 of the first byte: the physical SMMU has PRI and the first VM forwards it. Page
+    // requests for both VMs' streams (and none), bursts with CMD_PRI_RESPs, continuations.
+    let mut data = vec![3u8];
+    for i in 0..40u8 {
+        let request = [
+            0x45 | (i % 4) << 3,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            i,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            2,
+            i,
+        ];
+        data.extend_from_slice(&request);
+        data.extend_from_slice(&[7, 0x44 + i % 20, 6]);
+    }
+    let report = hostile::run(&data);
+    assert!(report.operations >= 100, "{report:?}");
+    assert!(report.page_requests >= 20, "{report:?}");
+}

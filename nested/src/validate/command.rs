@@ -13,6 +13,7 @@
 //! | TLBI_NH_ALL, _ASID, _VA, _VAA | the same, VMID replaced by the VM's |
 //! | TLBI_NSNH_ALL | TLBI_NH_ALL for the VM's VMID |
 //! | ATC_INV (ATS forwarded) | the same, virtual stream ID replaced by the physical one |
+//! | PRI_RESP (PRI advertised) | forwarded with the physical stream ID if it names a group outstanding for the guest ([`crate::pri::response`]) |
 //! | CMD_SYNC | at most one physical CMD_SYNC, then the guest's completion signal |
 //! | PREFETCH_* | nothing (hints; a real SMMU may ignore them) |
 //!
@@ -23,7 +24,7 @@
 //! looked up in this VM's own table, and the VMID is the VM's.
 
 use smmu::command::{
-    Cmd, Command, CommandDecodeError, Opcode, SyncCompletion, TlbiGranule, TlbiScope,
+    Cmd, Command, CommandDecodeError, Opcode, PriResponse, SyncCompletion, TlbiGranule, TlbiScope,
 };
 use smmu::{Ipa, StreamId, SubstreamId, VirtualStreamId, Vmid};
 
@@ -72,6 +73,17 @@ pub enum CommandAction {
     },
     /// Complete everything before, then signal.
     Sync(GuestSync),
+    /// Answer a page request group, if it is outstanding for the guest.
+    PriResponse {
+        /// The stream.
+        vsid: VirtualStreamId,
+        /// The PASID, when SSV = 1.
+        ssid: Option<SubstreamId>,
+        /// PRGIndex.
+        prg_index: u16,
+        /// Resp.
+        response: PriResponse,
+    },
     /// Consumed, no effect.
     Nothing,
 }
@@ -268,7 +280,25 @@ pub fn validate_command<F: Fn(VirtualStreamId) -> Option<StreamId>>(
                 _ => nothing,
             }
         }
-        Cmd::PriResp { .. } | Cmd::Resume { .. } | Cmd::StallTerm { .. } => {
+        Cmd::PriResp {
+            sid,
+            ssid,
+            prg_index,
+            response,
+        } => {
+            if !features.pri {
+                return Err(IllegalCommand::FeatureNotAdvertised(cmd.opcode()));
+            }
+            // Ownership, range and whether the group is outstanding are the response path's
+            // to judge (and count); an out-of-range one has no effect there.
+            Ok(ValidatedCommand(CommandAction::PriResponse {
+                vsid: VirtualStreamId(sid.0),
+                ssid,
+                prg_index,
+                response,
+            }))
+        }
+        Cmd::Resume { .. } | Cmd::StallTerm { .. } => {
             Err(IllegalCommand::FeatureNotAdvertised(cmd.opcode()))
         }
         Cmd::Sync {

@@ -6,6 +6,12 @@
 //! writes CONS once. An overflow (PROD.OVFLG differing from CONS.OVACKFLG: the SMMU lost
 //! records because the queue was full) is reported once and acknowledged by copying the flag
 //! into CONS with the same write. What the records mean, and whose they are, is decided above.
+//!
+//! PRI queue entries are also numbered ([`PriPosition`]): the count of entries the SMMU had
+//! written into the queue before each one since the driver reset it. A position read at some
+//! moment ([`Driver::pri_queue_position`]) splits the entries into those written before it
+//! and those written after, which is how software above tells a page request sent before a
+//! PASID was torn down or rebound from one sent after.
 
 use crate::event::{Event, EventDecodeError, EventRecord};
 use crate::hardware::RegisterAccess;
@@ -61,6 +67,21 @@ pub enum PriIntake {
     Overflowed,
 }
 
+/// The place of a PRI queue entry in everything the SMMU has written into the queue since the
+/// driver reset it: entry `n` is the `n`-th written (from 0). Positions only grow (64 bits do
+/// not wrap); entries the SMMU discarded in an overflow have none.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PriPosition(pub u64);
+
+impl PriPosition {
+    /// The next position.
+    #[must_use]
+    pub const fn next(self) -> Self {
+        Self(self.0.saturating_add(1))
+    }
+}
+
 /// What one drain did.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -80,6 +101,8 @@ pub(crate) struct OutputQueue<M> {
     kind: QueueKind,
     size: QueueSize,
     cons: QueuePointer,
+    /// Entries consumed since the reset: the position of the entry at `cons`.
+    consumed: u64,
 }
 
 impl<M: DmaMemory> OutputQueue<M> {
@@ -94,11 +117,13 @@ impl<M: DmaMemory> OutputQueue<M> {
             kind,
             size,
             cons: QueuePointer::zero(size),
+            consumed: 0,
         })
     }
 
     pub(crate) fn reset(&mut self) {
         self.cons = QueuePointer::zero(self.size);
+        self.consumed = 0;
     }
 
     pub(crate) fn base_register(&self) -> QueueBase {
@@ -112,15 +137,9 @@ impl<M: DmaMemory> OutputQueue<M> {
         }
     }
 
-    /// Reads up to `budget` entries of `N` words, handing each (or an overflow) to `deliver`.
-    fn drain<const N: usize>(
-        &mut self,
-        registers: &mut impl RegisterAccess,
-        platform: &impl Platform,
-        budget: u32,
-        mut deliver: impl FnMut(Option<[u64; N]>),
-    ) -> Result<DrainReport, Error> {
-        let (prod_register, cons_register) = self.registers();
+    /// The queue's state from a fresh read of PROD.
+    fn state(&self, registers: &impl RegisterAccess) -> Result<(QueuePointer, QueueState), Error> {
+        let (prod_register, _) = self.registers();
         let raw = registers.read32(prod_register);
         let corrupt = Error::CorruptPointer {
             queue: self.kind,
@@ -128,17 +147,42 @@ impl<M: DmaMemory> OutputQueue<M> {
         };
         let prod = QueuePointer::from_raw(self.size, raw, self.kind).map_err(|_| corrupt)?;
         let state = QueueState::new(prod, self.cons).map_err(|_| corrupt)?;
-        let used = state.used();
-        if used > self.size.entries() {
+        if state.used() > self.size.entries() {
             return Err(Error::InconsistentPointer {
                 queue: self.kind,
                 raw,
             });
         }
+        Ok((prod, state))
+    }
+
+    /// The position the next entry the SMMU writes will take.
+    fn producer_position(&self, registers: &impl RegisterAccess) -> Result<PriPosition, Error> {
+        let (_, state) = self.state(registers)?;
+        Ok(PriPosition(
+            self.consumed.saturating_add(u64::from(state.used())),
+        ))
+    }
+
+    /// Reads up to `budget` entries of `N` words, handing each (or an overflow) to `deliver`
+    /// with its position (an overflow's is the SMMU's write position when it was found).
+    fn drain<const N: usize>(
+        &mut self,
+        registers: &mut impl RegisterAccess,
+        platform: &impl Platform,
+        budget: u32,
+        mut deliver: impl FnMut(PriPosition, Option<[u64; N]>),
+    ) -> Result<DrainReport, Error> {
+        let (_, cons_register) = self.registers();
+        let (prod, state) = self.state(registers)?;
+        let used = state.used();
         let mut report = DrainReport::default();
         let mut cons = self.cons;
         if state.overflow_pending() {
-            deliver(None);
+            deliver(
+                PriPosition(self.consumed.saturating_add(u64::from(used))),
+                None,
+            );
             cons = cons.with_overflow(prod.overflow());
             report.overflowed = true;
         }
@@ -156,7 +200,8 @@ impl<M: DmaMemory> OutputQueue<M> {
                     .memory
                     .read_u64(base.saturating_add(i.saturating_mul(8)));
             }
-            deliver(Some(words));
+            deliver(PriPosition(self.consumed), Some(words));
+            self.consumed = self.consumed.saturating_add(1);
             cons = cons.incremented();
         }
         report.delivered = count;
@@ -197,7 +242,7 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Driver<R, M, P> {
         mut handle: impl FnMut(EventIntake),
     ) -> Result<DrainReport, Error> {
         self.event_queue
-            .drain::<4>(&mut self.registers, &self.platform, budget, |words| {
+            .drain::<4>(&mut self.registers, &self.platform, budget, |_, words| {
                 handle(match words {
                     None => EventIntake::Overflowed,
                     Some(words) => {
@@ -223,18 +268,54 @@ impl<R: RegisterAccess, M: DmaMemory, P: Platform> Driver<R, M, P> {
         budget: u32,
         mut handle: impl FnMut(PriIntake),
     ) -> Result<DrainReport, Error> {
+        self.drain_page_requests_at(budget, |_, intake| handle(intake))
+    }
+
+    /// As [`Driver::drain_page_requests`], with each entry's [`PriPosition`]; an overflow comes
+    /// with the position the SMMU was writing at when it was found (8.1.1: groups with no Last
+    /// entry before it never complete).
+    ///
+    /// # Errors
+    ///
+    /// As [`Driver::drain_page_requests`].
+    pub fn drain_page_requests_at(
+        &mut self,
+        budget: u32,
+        mut handle: impl FnMut(PriPosition, PriIntake),
+    ) -> Result<DrainReport, Error> {
         let queue = self.pri_queue.as_mut().ok_or(Error::NoPriQueue)?;
-        queue.drain::<2>(&mut self.registers, &self.platform, budget, |words| {
-            handle(match words {
-                None => PriIntake::Overflowed,
-                Some(words) => {
-                    let entry = PriEntry::from_words(words);
-                    match entry.decode() {
-                        Ok(request) => PriIntake::Request(request),
-                        Err(error) => PriIntake::Undecodable { entry, error },
-                    }
-                }
-            });
-        })
+        queue.drain::<2>(
+            &mut self.registers,
+            &self.platform,
+            budget,
+            |position, words| {
+                handle(
+                    position,
+                    match words {
+                        None => PriIntake::Overflowed,
+                        Some(words) => {
+                            let entry = PriEntry::from_words(words);
+                            match entry.decode() {
+                                Ok(request) => PriIntake::Request(request),
+                                Err(error) => PriIntake::Undecodable { entry, error },
+                            }
+                        }
+                    },
+                );
+            },
+        )
+    }
+
+    /// The position the next PRI queue entry the SMMU writes will take: every entry written
+    /// before this call has a smaller one. Reads PRIQ_PROD; consumes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoPriQueue`], or PRIQ_PROD is corrupt as in [`Driver::drain_page_requests`].
+    pub fn pri_queue_position(&self) -> Result<PriPosition, Error> {
+        self.pri_queue
+            .as_ref()
+            .ok_or(Error::NoPriQueue)?
+            .producer_position(&self.registers)
     }
 }

@@ -47,7 +47,7 @@ pub mod stream_table;
 mod tests;
 
 pub use command_queue::{CommandErrorKind, CommandFailure};
-pub use events::{DrainReport, EventIntake, PriIntake};
+pub use events::{DrainReport, EventIntake, PriIntake, PriPosition};
 pub use global_errors::GlobalError;
 pub use memory::{DmaMemory, DriverMemory, MemoryError, Platform, PollBudgets, Region};
 pub use stream_table::{BulkInstallReport, InstallPoint};

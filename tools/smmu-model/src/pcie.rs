@@ -902,6 +902,103 @@ impl PcieFunction {
         .unwrap_or(Err(FunctionError::NotEnabled))
     }
 
+    /// Sends the requests of a page request group for `pages` without its Last one: a group
+    /// the function is still sending (it may end it later with
+    /// [`PcieFunction::end_page_request_group`], or never). Returns the PRG index. The group's
+    /// generation is the one live now.
+    ///
+    /// # Errors
+    ///
+    /// As [`PcieFunction::page_request_group`] (an empty `pages` is allowed: nothing is sent
+    /// yet, the index is taken).
+    pub fn begin_page_request_group(
+        &self,
+        ssid: Option<u32>,
+        pages: &[PageRequest],
+    ) -> Result<u16, FunctionError> {
+        let sid = self.sid;
+        self.with(|state, endpoint| {
+            let c = endpoint.config;
+            if !c.pri || endpoint.pri_stopped || (ssid.is_some() && !c.pasid) {
+                return Err(FunctionError::NotEnabled);
+            }
+            let wanted = u32::try_from(pages.len() + 1).unwrap_or(u32::MAX);
+            if c.respect_credits && endpoint.outstanding_requests() + wanted > c.pri_credits {
+                return Err(FunctionError::NoCredit);
+            }
+            let index = (0..512u16)
+                .map(|i| (endpoint.next_prg + i) % 512)
+                .find(|i| !endpoint.groups.contains_key(i))
+                .ok_or(FunctionError::NoPrgIndex)?;
+            endpoint.next_prg = (index + 1) % 512;
+            let generation = state.live_generation(sid, ssid);
+            let mut fates = Vec::new();
+            for page in pages {
+                fates.push(state.page_request(PriFields {
+                    sid,
+                    ssid,
+                    privileged: page.privileged,
+                    exec: page.exec,
+                    read: page.read,
+                    write: page.write,
+                    last: false,
+                    prg_index: index,
+                    address: page.address & !0xfff,
+                }));
+            }
+            endpoint.groups.insert(
+                index,
+                PageRequestGroup {
+                    index,
+                    ssid,
+                    pages: pages.to_vec(),
+                    generation,
+                    fates,
+                },
+            );
+            Ok(index)
+        })
+        .unwrap_or(Err(FunctionError::NotEnabled))
+    }
+
+    /// Sends the Last request, for `page`, of group `index` begun with
+    /// [`PcieFunction::begin_page_request_group`] and not yet answered.
+    ///
+    /// # Errors
+    ///
+    /// [`FunctionError::NotEnabled`] if PRI stopped or no such group is outstanding.
+    pub fn end_page_request_group(
+        &self,
+        index: u16,
+        page: PageRequest,
+    ) -> Result<PageRequestFate, FunctionError> {
+        let sid = self.sid;
+        self.with(|state, endpoint| {
+            if endpoint.pri_stopped {
+                return Err(FunctionError::NotEnabled);
+            }
+            let group = endpoint
+                .groups
+                .get_mut(&index)
+                .ok_or(FunctionError::NotEnabled)?;
+            let fate = state.page_request(PriFields {
+                sid,
+                ssid: group.ssid,
+                privileged: page.privileged,
+                exec: page.exec,
+                read: page.read,
+                write: page.write,
+                last: true,
+                prg_index: index,
+                address: page.address & !0xfff,
+            });
+            group.pages.push(page);
+            group.fates.push(fate);
+            Ok(fate)
+        })
+        .unwrap_or(Err(FunctionError::NotEnabled))
+    }
+
     /// Sends a stop marker for `ssid`: the function has stopped using the PASID and has no
     /// requests for it in flight (it expects no response).
     ///

@@ -196,3 +196,77 @@ fn queue_interrupts_are_signalled_when_enabled() {
         "QEMU's feature set has no MSIs"
     );
 }
+
+/// The driver numbers PRI queue entries in the order the SMMU wrote them, across drains and
+/// wraps, and a position read between two writes separates them; an overflow is reported with
+/// the position the SMMU was writing at (nothing after it was written).
+#[test]
+fn pri_queue_positions_count_every_entry_written_and_mark_the_overflow_point() {
+    let mut harness = ModelHarness::new(ModelConfig::full()).unwrap();
+    setup(&mut harness, |_| {}, false);
+    let function = harness.function().clone();
+    function.reconfigure(|c| c.respect_credits = false);
+    let page = PageRequest {
+        address: 0x1000,
+        read: true,
+        ..PageRequest::default()
+    };
+    let driver = harness.driver();
+    assert_eq!(driver.pri_queue_position().unwrap().0, 0);
+    let mut seen = Vec::new();
+    // 24 single-request groups through a 16-entry queue, drained in between: positions
+    // continue across the wrap.
+    for round in 0..3u64 {
+        for _ in 0..8 {
+            function.page_request_group(Some(1), &[page]).unwrap();
+        }
+        assert_eq!(driver.pri_queue_position().unwrap().0, round * 8 + 8);
+        driver
+            .drain_page_requests_at(64, |position, _| seen.push(position.0))
+            .unwrap();
+    }
+    assert_eq!(seen, (0..24).collect::<Vec<_>>());
+    // Fill the queue (16) and overflow it: the overflow is at position 24 + 16.
+    for _ in 0..20 {
+        let _ = function.page_request_group(Some(1), &[page]);
+    }
+    let mut intake = Vec::new();
+    driver
+        .drain_page_requests_at(64, |position, item| intake.push((position.0, item)))
+        .unwrap();
+    assert_eq!(intake[0], (40, smmu::driver::PriIntake::Overflowed));
+    let positions: Vec<u64> = intake[1..].iter().map(|(p, _)| *p).collect();
+    assert_eq!(positions, (24..40).collect::<Vec<_>>());
+    assert_eq!(driver.pri_queue_position().unwrap().0, 40);
+}
+
+/// A group can be sent in two parts: its first requests, and later (or never) its Last one.
+#[test]
+fn a_group_begun_and_ended_later_reaches_the_queue_in_two_parts() {
+    let mut harness = ModelHarness::new(ModelConfig::full()).unwrap();
+    setup(&mut harness, |_| {}, false);
+    let function = harness.function().clone();
+    let page = PageRequest {
+        address: 0x1000,
+        read: true,
+        ..PageRequest::default()
+    };
+    let index = function.begin_page_request_group(Some(1), &[page]).unwrap();
+    let mut seen = Vec::new();
+    let driver = harness.driver();
+    driver
+        .drain_page_requests(8, |intake| seen.push(intake))
+        .unwrap();
+    assert!(matches!(seen.as_slice(),
+        [smmu::driver::PriIntake::Request(r)] if !r.last && r.prg_index == index));
+    assert_eq!(function.outstanding_groups().len(), 1);
+    let fate = function.end_page_request_group(index, page).unwrap();
+    assert!(matches!(fate, PageRequestFate::Queued { .. }));
+    seen.clear();
+    driver
+        .drain_page_requests(8, |intake| seen.push(intake))
+        .unwrap();
+    assert!(matches!(seen.as_slice(),
+        [smmu::driver::PriIntake::Request(r)] if r.last && r.prg_index == index));
+    assert_eq!(function.outstanding_groups()[0].pages.len(), 2);
+}
