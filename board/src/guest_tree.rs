@@ -11,7 +11,10 @@
 //! - every node named in [`GuestTreeEdits::remove`] is dropped with its subtree;
 //! - the references that would dangle and hold a guest up are dropped (see
 //!   [`build_guest_tree`] for exactly which);
-//! - `/chosen` gets the guest's `bootargs` and initrd, and is created if absent.
+//! - `/chosen` gets the guest's `bootargs` and initrd, and is created if absent;
+//! - when asked ([`GuestTreeEdits::virtual_smmu`]), an `arm,smmu-v3` node describes the
+//!   virtual SMMU the hypervisor emulates, and the PCIe host bridge's `iommu-map` names it
+//!   (see [`VirtualSmmuNode`]), so that an unmodified Linux finds its IOMMU.
 //!
 //! Everything else (node order, property order and values, the memory reservations, the
 //! boot CPU) is copied. The output's strings block is the source's, followed by those
@@ -32,7 +35,9 @@ use dtoolkit::{Node, Property};
 use heapless::Vec;
 use smmu::Ipa;
 
-use crate::discovery::{BlobError, MAX_BOOTARGS_LEN, MAX_DEPTH};
+use crate::discovery::{BlobError, MAX_BOOTARGS_LEN, MAX_DEPTH, MAX_IOMMU_MAP_ENTRIES};
+use crate::interrupt::Interrupt;
+use crate::stream_ids::IommuMapEntry;
 
 /// Capacity for the guest's RAM ranges.
 pub const MAX_GUEST_MEMORY_RANGES: usize = 8;
@@ -43,6 +48,9 @@ type PathMask = u64;
 const _: () = assert!(MAX_REMOVED_NODES <= PathMask::BITS as usize);
 /// Capacity for the phandles of removed nodes (all nodes of the removed subtrees).
 pub const MAX_REMOVED_PHANDLES: usize = 128;
+/// The most interrupts a virtual SMMU node lists: the `arm,smmu-v3` binding names four
+/// (`eventq`, `gerror`, `priq`, `cmdq-sync`), or one `combined`.
+pub const MAX_VIRTUAL_SMMU_INTERRUPTS: usize = 4;
 /// Capacity for the IOMMUs and MSI controllers whose cell counts are remembered to parse
 /// references to them. Past it, references are judged by the fallback rule.
 const MAX_PROVIDERS: usize = 64;
@@ -85,6 +93,80 @@ impl IpaRange {
     }
 }
 
+/// One of the wired interrupts of an SMMUv3, by the name the `arm,smmu-v3` binding gives it
+/// in `interrupt-names`. Linux finds each by name, so the order a node lists them in does
+/// not matter to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SmmuInterruptName {
+    /// The event queue became non-empty (`eventq`).
+    EventQueue,
+    /// The PRI queue became non-empty (`priq`).
+    PriQueue,
+    /// A CMD_SYNC completed (`cmdq-sync`; Linux does not use it).
+    CommandSync,
+    /// A global error became active (`gerror`).
+    GlobalError,
+    /// One line for all of the above (`combined`). Linux prefers it to any other, so a node
+    /// lists it alone.
+    Combined,
+}
+
+impl SmmuInterruptName {
+    /// The `interrupt-names` entry.
+    #[must_use]
+    pub const fn device_tree_name(self) -> &'static str {
+        match self {
+            Self::EventQueue => "eventq",
+            Self::PriQueue => "priq",
+            Self::CommandSync => "cmdq-sync",
+            Self::GlobalError => "gerror",
+            Self::Combined => "combined",
+        }
+    }
+}
+
+/// The virtual SMMU as the guest's device tree describes it (see
+/// [`GuestTreeEdits::virtual_smmu`]).
+///
+/// The node written is `smmuv3@<base>` under the root:
+///
+/// ```text
+/// smmuv3@9050000 {
+///     compatible = "arm,smmu-v3";
+///     reg = <base size>;               // the root's #address-cells and #size-cells
+///     interrupt-parent = <&gic>;       // the source's arm,gic-v3 node
+///     interrupts = <...>;              // in the order of `interrupts`
+///     interrupt-names = "...";
+///     #iommu-cells = <1>;
+///     dma-coherent;                    // Linux polls CMD_SYNC by MSI only on a coherent SMMU
+///     phandle = <...>;                 // one more than the source's highest
+/// };
+/// ```
+///
+/// and the PCIe host bridge gets `iommu-map = <rid-base &smmuv3 sid-base length>...` (and
+/// `iommu-map-mask`) in place of whatever `iommu-map` it had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtualSmmuNode<'a> {
+    /// The register window in the guest's IPA space: for the hypervisor's vSMMU,
+    /// `nested::config::REGISTER_WINDOW_SIZE` bytes at an IPA its stage 2 leaves unmapped,
+    /// so that every access traps. Not empty, not wrapping, and within the root's cells.
+    pub registers: IpaRange,
+    /// The interrupts the virtual SMMU raises, in the order the node lists them: 1 to
+    /// [`MAX_VIRTUAL_SMMU_INTERRUPTS`], each name at most once, [`SmmuInterruptName::Combined`]
+    /// only alone. Each must be a valid INTID of its class. (The binding's schema orders them
+    /// `eventq`, `gerror`, `priq`, `cmdq-sync`; QEMU does not, and Linux reads them by name.)
+    pub interrupts: &'a [(SmmuInterruptName, Interrupt)],
+    /// The PCIe host bridge's `iommu-map`, each entry naming the new node: requester IDs
+    /// `rid_base..rid_base + length` become the guest's (virtual) stream IDs
+    /// `sid_base..sid_base + length`. At most [`MAX_IOMMU_MAP_ENTRIES`], none empty, none
+    /// passing 2^32 on either side. Empty: the host bridge gets no `iommu-map` (its
+    /// functions are then not behind the virtual SMMU), and need not exist.
+    pub iommu_map: &'a [IommuMapEntry],
+    /// The host bridge's `iommu-map-mask`; only with a non-empty `iommu_map`.
+    pub iommu_map_mask: Option<u32>,
+}
+
 /// What to change between the platform's tree and the guest's.
 ///
 /// Built with [`GuestTreeEdits::new`] and the methods after it, so that later edits (an
@@ -104,6 +186,9 @@ pub struct GuestTreeEdits<'a> {
     /// The guest's initrd: `Some` sets `/chosen/linux,initrd-start` and `-end`; `None`
     /// removes them, since the source's describe the hypervisor's memory, not the guest's.
     pub initrd: Option<IpaRange>,
+    /// The virtual SMMU: `Some` adds its node and points the PCIe host bridge's `iommu-map`
+    /// at it; `None` adds nothing.
+    pub virtual_smmu: Option<&'a VirtualSmmuNode<'a>>,
 }
 
 impl<'a> GuestTreeEdits<'a> {
@@ -116,6 +201,7 @@ impl<'a> GuestTreeEdits<'a> {
             remove: &[],
             bootargs: None,
             initrd: None,
+            virtual_smmu: None,
         }
     }
 
@@ -142,6 +228,19 @@ impl<'a> GuestTreeEdits<'a> {
     pub const fn initrd(self, initrd: IpaRange) -> Self {
         Self {
             initrd: Some(initrd),
+            ..self
+        }
+    }
+
+    /// Also describes the virtual SMMU and maps the PCIe host bridge's requester IDs to it.
+    ///
+    /// A child of the root with the new node's name (`smmuv3@<base>`) is replaced by it
+    /// (its subtree goes too, as if it were in [`GuestTreeEdits::remove`]): the physical
+    /// SMMU when the virtual one takes its address, or the node an earlier build added.
+    #[must_use]
+    pub const fn virtual_smmu(self, node: &'a VirtualSmmuNode<'a>) -> Self {
+        Self {
+            virtual_smmu: Some(node),
             ..self
         }
     }
@@ -174,6 +273,37 @@ pub enum GuestTreeError {
     RemovedPath(usize),
     /// The removed subtrees hold more than [`MAX_REMOVED_PHANDLES`] phandles.
     TooManyRemovedPhandles,
+    /// The virtual SMMU's register window is empty, wraps, or its base or size does not fit
+    /// the root's cells.
+    VirtualSmmuRegisters(IpaRange),
+    /// The virtual SMMU has no interrupt, or more than [`MAX_VIRTUAL_SMMU_INTERRUPTS`].
+    VirtualSmmuInterruptCount,
+    /// An interrupt name is given twice, or `combined` with others.
+    VirtualSmmuInterruptNames,
+    /// This interrupt's number is outside its class.
+    VirtualSmmuInterrupt(Interrupt),
+    /// The `iommu-map` has more than [`MAX_IOMMU_MAP_ENTRIES`] entries.
+    TooManyIommuMapEntries,
+    /// The `iommu-map` entry at this index is empty, or its requester or stream IDs pass
+    /// 2^32.
+    IommuMapEntry(usize),
+    /// An `iommu-map-mask` without an `iommu-map`.
+    IommuMapMaskWithoutMap,
+    /// The tree left to the guest has no enabled `arm,gic-v3` node with a phandle for the
+    /// virtual SMMU's `interrupt-parent`.
+    NoGic,
+    /// The tree left to the guest has more than one enabled `arm,gic-v3` node.
+    GicAmbiguous,
+    /// The GIC's `#interrupt-cells` is not 3 or 4 (or is missing or malformed).
+    GicInterruptCells,
+    /// An `iommu-map` is asked for, but the tree left to the guest has no enabled
+    /// `pci-host-ecam-generic` host bridge.
+    NoPcieHost,
+    /// The tree left to the guest has more than one enabled `pci-host-ecam-generic` host
+    /// bridge: which one the `iommu-map` is for is not known.
+    PcieHostAmbiguous,
+    /// The source uses phandle `0xffff_fffe`: no higher one is left for the virtual SMMU.
+    PhandlesExhausted,
     /// `out` is too small for the guest's tree.
     OutputTooSmall,
     /// The guest's tree would not fit the 32-bit offsets of a blob's header.
@@ -203,6 +333,34 @@ impl fmt::Display for GuestTreeError {
                 f,
                 "removed nodes hold more than {MAX_REMOVED_PHANDLES} phandles"
             ),
+            Self::VirtualSmmuRegisters(range) => {
+                write!(f, "unusable virtual SMMU register window {range:?}")
+            }
+            Self::VirtualSmmuInterruptCount => write!(
+                f,
+                "the virtual SMMU needs 1 to {MAX_VIRTUAL_SMMU_INTERRUPTS} interrupts"
+            ),
+            Self::VirtualSmmuInterruptNames => write!(
+                f,
+                "virtual SMMU interrupt names repeat, or `combined` is not alone"
+            ),
+            Self::VirtualSmmuInterrupt(interrupt) => {
+                write!(
+                    f,
+                    "virtual SMMU interrupt {interrupt:?} is not a valid INTID"
+                )
+            }
+            Self::TooManyIommuMapEntries => {
+                write!(f, "more than {MAX_IOMMU_MAP_ENTRIES} iommu-map entries")
+            }
+            Self::IommuMapEntry(index) => write!(f, "iommu-map entry {index} is unusable"),
+            Self::IommuMapMaskWithoutMap => write!(f, "an iommu-map-mask without an iommu-map"),
+            Self::NoGic => write!(f, "no arm,gic-v3 node with a phandle in the guest's tree"),
+            Self::GicAmbiguous => write!(f, "more than one arm,gic-v3 node in the guest's tree"),
+            Self::GicInterruptCells => write!(f, "the GIC's #interrupt-cells is not 3 or 4"),
+            Self::NoPcieHost => write!(f, "no PCIe host bridge for the iommu-map"),
+            Self::PcieHostAmbiguous => write!(f, "more than one PCIe host bridge"),
+            Self::PhandlesExhausted => write!(f, "no phandle is left for the virtual SMMU"),
             Self::OutputTooSmall => write!(f, "the output buffer is too small"),
             Self::OutputTooLarge => write!(f, "the guest tree exceeds 4 GiB"),
         }
@@ -235,6 +393,19 @@ const MALFORMED: GuestTreeError = GuestTreeError::Source(BlobError::Structure);
 ///
 /// Other references (`clocks`, `interrupt-parent`, `gpios`...) are not followed.
 ///
+/// With [`GuestTreeEdits::virtual_smmu`], nodes are judged in the tree left to the guest
+/// (removed subtrees and memory nodes do not count), each by its own `status`:
+/// - the GIC is the one enabled node compatible with `arm,gic-v3`; its phandle becomes the
+///   new node's `interrupt-parent` and its `#interrupt-cells` (3, or 4 with a zero PPI
+///   partition cell) the width of each interrupt;
+/// - the PCIe host bridge is the one enabled node compatible with `pci-host-ecam-generic`
+///   (the node [`crate::discover`] reads). Its `iommu-map` and `iommu-map-mask` are dropped
+///   and the edit's written after its other properties;
+/// - the new node's phandle is one more than the highest `phandle` or `linux,phandle` of any
+///   node of the source, so it names nothing else, removed or not. The one exception keeps
+///   building from a built tree stable: if the node it replaces is, property for property,
+///   the node this edit writes, and its phandle is above every other, that phandle is kept.
+///
 /// # Errors
 ///
 /// [`GuestTreeError`] if the source is malformed or nests deeper than [`MAX_DEPTH`], the
@@ -248,9 +419,17 @@ pub fn build_guest_tree(
         Fdt::new(source).map_err(|error| GuestTreeError::Source(BlobError::from(&error.kind)))?;
     let blob = Blob::new(source)?;
     let removed = RemovedPaths::new(edits.remove)?;
-    let scan = Scan::run(blob, &removed)?;
+    let smmu_name = match edits.virtual_smmu {
+        None => None,
+        Some(node) => Some(VirtualSmmu::check(node)?),
+    };
+    let scan = Scan::run(blob, &removed, smmu_name.as_ref().map(node_name_bytes))?;
     let cells = RootCells::new(scan.address_cells, scan.size_cells)?;
     let memory = MemoryNode::new(edits.memory, cells)?;
+    let smmu = match (edits.virtual_smmu, smmu_name) {
+        (Some(node), Some(name)) => Some(VirtualSmmu::new(node, name, cells, &scan, blob)?),
+        _ => None,
+    };
     if let Some(bootargs) = edits.bootargs
         && (bootargs.len() > MAX_BOOTARGS_LEN || bootargs.as_bytes().contains(&0))
     {
@@ -263,7 +442,14 @@ pub fn build_guest_tree(
             range.checked_end().ok_or(GuestTreeError::Initrd)?,
         )),
     };
-    let names = NewNames::new(blob.strings, edits.bootargs.is_some(), initrd.is_some());
+    let names = NewNames::new(
+        blob.strings,
+        NeededNames {
+            bootargs: edits.bootargs.is_some(),
+            initrd: initrd.is_some(),
+            smmu: smmu.as_ref(),
+        },
+    );
 
     let mut writer = Writer { out, position: 0 };
     writer.skip(HEADER_SIZE)?;
@@ -283,6 +469,7 @@ pub fn build_guest_tree(
         names: &names,
         bootargs: edits.bootargs,
         initrd,
+        smmu: smmu.as_ref(),
         writer: &mut writer,
     };
     emit.run()?;
@@ -457,12 +644,19 @@ impl<'a> Cursor<'a> {
 #[derive(Debug, Clone, Copy, Default)]
 struct NodeFacts {
     phandle: Option<u32>,
+    /// The higher of `phandle` and `linux,phandle`, if either is valid.
+    highest_phandle: Option<u32>,
     is_memory: bool,
     iommu_cells: Option<u32>,
     msi_cells: Option<u32>,
     msi_controller: bool,
     address_cells: Option<Option<u32>>,
     size_cells: Option<Option<u32>>,
+    interrupt_cells: Option<u32>,
+    /// `status` is present and neither `"okay"` nor `"ok"`.
+    disabled: bool,
+    is_gic_v3: bool,
+    is_pcie_host: bool,
 }
 
 impl NodeFacts {
@@ -474,7 +668,9 @@ impl NodeFacts {
             let cell = one_cell(prop.value);
             match prop.name {
                 b"phandle" | b"linux,phandle" => {
-                    facts.phandle = facts.phandle.or(cell.filter(|&p| p != 0 && p != u32::MAX));
+                    let valid = cell.filter(|&p| p != 0 && p != u32::MAX);
+                    facts.phandle = facts.phandle.or(valid);
+                    facts.highest_phandle = facts.highest_phandle.max(valid);
                 }
                 b"device_type" => facts.is_memory = prop.value == b"memory\0",
                 b"#iommu-cells" => facts.iommu_cells = cell,
@@ -482,10 +678,22 @@ impl NodeFacts {
                 b"msi-controller" => facts.msi_controller = true,
                 b"#address-cells" => facts.address_cells = Some(cell),
                 b"#size-cells" => facts.size_cells = Some(cell),
+                b"#interrupt-cells" => facts.interrupt_cells = cell,
+                b"status" => facts.disabled = !matches!(prop.value, b"okay\0" | b"ok\0"),
+                b"compatible" => {
+                    let mut list = prop.value.split(|&byte| byte == 0);
+                    facts.is_gic_v3 = list.clone().any(|entry| entry == b"arm,gic-v3");
+                    facts.is_pcie_host = list.any(|entry| entry == b"pci-host-ecam-generic");
+                }
                 _ => {}
             }
         }
         Ok(facts)
+    }
+
+    /// An enabled PCIe host bridge, as [`crate::discover`] recognises one.
+    fn is_enabled_pcie_host(&self) -> bool {
+        self.is_pcie_host && !self.disabled
     }
 }
 
@@ -573,18 +781,50 @@ struct ProviderCells {
     msi_cells: Option<u32>,
 }
 
+/// The GIC the virtual SMMU's interrupts go to, as the first pass found it.
+#[derive(Debug, Clone, Copy)]
+struct GicFacts {
+    phandle: Option<u32>,
+    interrupt_cells: Option<u32>,
+}
+
+/// The child of the root that the virtual SMMU's node replaces.
+#[derive(Debug, Clone, Copy)]
+struct ReplacedNode {
+    /// Where its properties start in the structure block.
+    properties: usize,
+    highest_phandle: Option<u32>,
+}
+
 /// What the first pass over the source learns: the root's cells, the phandles that the
-/// removal leaves dangling, and the specifier widths of IOMMUs and MSI controllers.
+/// removal leaves dangling, the specifier widths of IOMMUs and MSI controllers, and for
+/// the virtual SMMU: the GIC and PCIe host bridges left to the guest, the highest phandle
+/// and the node it replaces.
 #[derive(Debug, Default)]
 struct Scan {
     address_cells: Option<u32>,
     size_cells: Option<u32>,
     removed_phandles: Vec<u32, MAX_REMOVED_PHANDLES>,
     providers: Vec<ProviderCells, MAX_PROVIDERS>,
+    /// The first kept, enabled `arm,gic-v3` node, and how many there are.
+    gic: Option<GicFacts>,
+    gic_count: u32,
+    /// Kept, enabled PCIe host bridges.
+    pcie_host_count: u32,
+    /// The highest phandle of any node but [`Scan::replaced`] (0 if none).
+    highest_phandle: u32,
+    /// The first child of the root named like the virtual SMMU's node.
+    replaced: Option<ReplacedNode>,
 }
 
 impl Scan {
-    fn run(blob: Blob<'_>, removed: &RemovedPaths<'_>) -> Result<Self, GuestTreeError> {
+    /// Reads the source once. `smmu_name` is the virtual SMMU's node name (without its
+    /// NUL), whose namesakes among the root's children are replaced.
+    fn run(
+        blob: Blob<'_>,
+        removed: &RemovedPaths<'_>,
+        smmu_name: Option<&[u8]>,
+    ) -> Result<Self, GuestTreeError> {
         let mut scan = Self {
             address_cells: Some(2),
             size_cells: Some(1),
@@ -594,6 +834,8 @@ impl Scan {
         let mut masks: [PathMask; LEVELS] = [0; LEVELS];
         let mut depth = 0usize;
         let mut removed_from: Option<usize> = None;
+        // The level of the memory node being read, whose subtree the guest does not get.
+        let mut memory_from: Option<usize> = None;
         let mut root_done = false;
         loop {
             match cursor.next()? {
@@ -617,12 +859,36 @@ impl Scan {
                     };
                     *masks.get_mut(level).ok_or(GuestTreeError::TooDeep)? = mask;
                     let memory = level == 1 && facts.is_memory;
+                    let replaced = level == 1 && !memory && smmu_name == Some(name);
                     if removed_from.is_none()
                         && level > 0
                         && !memory
-                        && removed.names_node(mask, level)
+                        && (replaced || removed.names_node(mask, level))
                     {
                         removed_from = Some(level);
+                    }
+                    if memory {
+                        memory_from = Some(level);
+                    }
+                    if replaced && scan.replaced.is_none() {
+                        scan.replaced = Some(ReplacedNode {
+                            properties: cursor.offset,
+                            highest_phandle: facts.highest_phandle,
+                        });
+                    } else if let Some(phandle) = facts.highest_phandle {
+                        scan.highest_phandle = scan.highest_phandle.max(phandle);
+                    }
+                    if removed_from.is_none() && memory_from.is_none() && !facts.disabled {
+                        if facts.is_gic_v3 {
+                            scan.gic_count = scan.gic_count.saturating_add(1);
+                            scan.gic.get_or_insert(GicFacts {
+                                phandle: facts.phandle,
+                                interrupt_cells: facts.interrupt_cells,
+                            });
+                        }
+                        if facts.is_pcie_host {
+                            scan.pcie_host_count = scan.pcie_host_count.saturating_add(1);
+                        }
                     }
                     if let Some(phandle) = facts.phandle {
                         if removed_from.is_some() && !scan.removed_phandles.contains(&phandle) {
@@ -650,6 +916,9 @@ impl Scan {
                     depth = depth.checked_sub(1).ok_or(MALFORMED)?;
                     if removed_from == Some(depth) {
                         removed_from = None;
+                    }
+                    if memory_from == Some(depth) {
+                        memory_from = None;
                     }
                     root_done = depth == 0;
                 }
@@ -735,13 +1004,53 @@ impl RootCells {
             _ => Err(GuestTreeError::RootCells),
         }
     }
+
+    /// Appends `<range.base range.size>` to `reg`; `None` if a value does not fit its
+    /// cells or `reg` is full.
+    fn encode<const N: usize>(&self, range: &IpaRange, reg: &mut Vec<u8, N>) -> Option<()> {
+        for (value, count) in [(range.base.0, self.address), (range.size, self.size)] {
+            if count == 1 {
+                let cell = u32::try_from(value).ok()?;
+                reg.extend_from_slice(&cell.to_be_bytes()).ok()?;
+            } else {
+                reg.extend_from_slice(&value.to_be_bytes()).ok()?;
+            }
+        }
+        Some(())
+    }
+}
+
+/// A node name with its NUL: `<prefix>@<unit address>`, the prefix at most 7 bytes.
+type NodeName = Vec<u8, 24>;
+
+/// `<prefix>@<address in lowercase hex, no leading zeros>` and a NUL; `None` if the
+/// prefix is longer than 7 bytes.
+fn node_name(prefix: &[u8], address: u64) -> Option<NodeName> {
+    let mut name = NodeName::new();
+    name.extend_from_slice(prefix).ok()?;
+    name.push(b'@').ok()?;
+    let digits = (64 - address.leading_zeros()).div_ceil(4).max(1);
+    for digit in (0..digits).rev() {
+        let nibble = (address >> (digit * 4)) & 0xf;
+        let character = b"0123456789abcdef"
+            .get(usize::try_from(nibble).ok()?)
+            .copied()?;
+        name.push(character).ok()?;
+    }
+    name.push(0).ok()?;
+    Some(name)
+}
+
+/// The name without its NUL, as the structure block's `FDT_BEGIN_NODE` is read.
+fn node_name_bytes(name: &NodeName) -> &[u8] {
+    name.split_last().map_or(&[], |(_, bytes)| bytes)
 }
 
 /// The replacement memory node, encoded once.
 #[derive(Debug)]
 struct MemoryNode {
     /// `memory@<base>` and a NUL.
-    name: Vec<u8, 24>,
+    name: NodeName,
     reg: Vec<u8, { MAX_GUEST_MEMORY_RANGES * 16 }>,
 }
 
@@ -762,32 +1071,207 @@ impl MemoryNode {
             if range.size == 0 || overlaps {
                 return Err(bad);
             }
-            for (value, count) in [(range.base.0, cells.address), (range.size, cells.size)] {
-                if count == 1 {
-                    let cell = u32::try_from(value).map_err(|_| bad)?;
-                    reg.extend_from_slice(&cell.to_be_bytes())
-                        .map_err(|_| bad)?;
-                } else {
-                    reg.extend_from_slice(&value.to_be_bytes())
-                        .map_err(|_| bad)?;
-                }
+            cells.encode(range, &mut reg).ok_or(bad)?;
+        }
+        let base = ranges.first().map_or(0, |range| range.base.0);
+        let name = node_name(b"memory", base).ok_or(GuestTreeError::GuestMemoryCount)?;
+        Ok(Self { name, reg })
+    }
+}
+
+/// `#iommu-cells = <1>`: a stream ID per master, as the `arm,smmu-v3` binding requires.
+const ONE_CELL: [u8; 4] = 1u32.to_be_bytes();
+
+/// The virtual SMMU's node and the host bridge's `iommu-map`, encoded once.
+#[derive(Debug)]
+struct VirtualSmmu {
+    /// `smmuv3@<base>` and a NUL.
+    name: NodeName,
+    reg: Vec<u8, 16>,
+    interrupt_parent: [u8; 4],
+    interrupts: Vec<u8, { MAX_VIRTUAL_SMMU_INTERRUPTS * 16 }>,
+    interrupt_names: Vec<u8, { MAX_VIRTUAL_SMMU_INTERRUPTS * 10 }>,
+    phandle: [u8; 4],
+    iommu_map: Vec<u8, { MAX_IOMMU_MAP_ENTRIES * 16 }>,
+    iommu_map_mask: Option<[u8; 4]>,
+}
+
+impl VirtualSmmu {
+    /// Checks what can be checked without the source, and returns the node's name.
+    fn check(node: &VirtualSmmuNode<'_>) -> Result<NodeName, GuestTreeError> {
+        let registers = node.registers;
+        if registers.size == 0 || registers.checked_end().is_none() {
+            return Err(GuestTreeError::VirtualSmmuRegisters(registers));
+        }
+        let interrupts = node.interrupts;
+        if interrupts.is_empty() || interrupts.len() > MAX_VIRTUAL_SMMU_INTERRUPTS {
+            return Err(GuestTreeError::VirtualSmmuInterruptCount);
+        }
+        for (index, (name, interrupt)) in interrupts.iter().enumerate() {
+            let repeated = interrupts
+                .iter()
+                .take(index)
+                .any(|(other, _)| other == name);
+            let combined = *name == SmmuInterruptName::Combined && interrupts.len() > 1;
+            if repeated || combined {
+                return Err(GuestTreeError::VirtualSmmuInterruptNames);
+            }
+            if interrupt.to_gic_v3_cells().is_none() {
+                return Err(GuestTreeError::VirtualSmmuInterrupt(*interrupt));
             }
         }
-        let mut name: Vec<u8, 24> = Vec::new();
-        let overflow = GuestTreeError::GuestMemoryCount;
-        name.extend_from_slice(b"memory@").map_err(|_| overflow)?;
-        let base = ranges.first().map_or(0, |range| range.base.0);
-        let digits = (64 - base.leading_zeros()).div_ceil(4).max(1);
-        for digit in (0..digits).rev() {
-            let nibble = (base >> (digit * 4)) & 0xf;
-            let character = b"0123456789abcdef"
-                .get(usize::try_from(nibble).unwrap_or(0))
-                .copied()
-                .unwrap_or(b'0');
-            name.push(character).map_err(|_| overflow)?;
+        if node.iommu_map.len() > MAX_IOMMU_MAP_ENTRIES {
+            return Err(GuestTreeError::TooManyIommuMapEntries);
         }
-        name.push(0).map_err(|_| overflow)?;
-        Ok(Self { name, reg })
+        for (index, entry) in node.iommu_map.iter().enumerate() {
+            let length = u64::from(entry.length);
+            let fits = |base: u32| u64::from(base) + length <= 1 << 32;
+            if length == 0 || !fits(entry.rid_base) || !fits(entry.sid_base.0) {
+                return Err(GuestTreeError::IommuMapEntry(index));
+            }
+        }
+        if node.iommu_map.is_empty() && node.iommu_map_mask.is_some() {
+            return Err(GuestTreeError::IommuMapMaskWithoutMap);
+        }
+        node_name(b"smmuv3", registers.base.0)
+            .ok_or(GuestTreeError::VirtualSmmuRegisters(registers))
+    }
+
+    /// Encodes the node for the source the first pass read. `node` has passed
+    /// [`VirtualSmmu::check`], which gave `name`.
+    fn new(
+        node: &VirtualSmmuNode<'_>,
+        name: NodeName,
+        cells: RootCells,
+        scan: &Scan,
+        blob: Blob<'_>,
+    ) -> Result<Self, GuestTreeError> {
+        let mut reg = Vec::new();
+        cells
+            .encode(&node.registers, &mut reg)
+            .ok_or(GuestTreeError::VirtualSmmuRegisters(node.registers))?;
+
+        let gic = match (scan.gic, scan.gic_count) {
+            (Some(gic), 1) => gic,
+            (None, _) => return Err(GuestTreeError::NoGic),
+            (Some(_), _) => return Err(GuestTreeError::GicAmbiguous),
+        };
+        let gic_phandle = gic.phandle.ok_or(GuestTreeError::NoGic)?;
+        // A fourth cell is a PPI's partition: 0, none.
+        let partition = match gic.interrupt_cells {
+            Some(3) => None,
+            Some(4) => Some(0u32),
+            _ => return Err(GuestTreeError::GicInterruptCells),
+        };
+        let mut interrupts = Vec::new();
+        let mut interrupt_names = Vec::new();
+        // `check` has bounded the count and validated every interrupt; a failure here would
+        // be a capacity mistake in this module, reported rather than trusted away.
+        let capacity = GuestTreeError::VirtualSmmuInterruptCount;
+        for (name, interrupt) in node.interrupts {
+            let specifier = interrupt
+                .to_gic_v3_cells()
+                .ok_or(GuestTreeError::VirtualSmmuInterrupt(*interrupt))?;
+            for cell in specifier.iter().chain(partition.iter()) {
+                interrupts
+                    .extend_from_slice(&cell.to_be_bytes())
+                    .map_err(|_| capacity)?;
+            }
+            interrupt_names
+                .extend_from_slice(name.device_tree_name().as_bytes())
+                .map_err(|_| capacity)?;
+            interrupt_names.push(0).map_err(|_| capacity)?;
+        }
+
+        match scan.pcie_host_count {
+            0 if !node.iommu_map.is_empty() => return Err(GuestTreeError::NoPcieHost),
+            0 | 1 => {}
+            _ => return Err(GuestTreeError::PcieHostAmbiguous),
+        }
+
+        let mut smmu = Self {
+            name,
+            reg,
+            interrupt_parent: gic_phandle.to_be_bytes(),
+            interrupts,
+            interrupt_names,
+            phandle: [0; 4],
+            iommu_map: Vec::new(),
+            iommu_map_mask: node.iommu_map_mask.map(u32::to_be_bytes),
+        };
+        let phandle = smmu.choose_phandle(scan, blob)?;
+        smmu.phandle = phandle.to_be_bytes();
+        for entry in node.iommu_map {
+            for cell in [entry.rid_base, phandle, entry.sid_base.0, entry.length] {
+                smmu.iommu_map
+                    .extend_from_slice(&cell.to_be_bytes())
+                    .map_err(|_| GuestTreeError::TooManyIommuMapEntries)?;
+            }
+        }
+        Ok(smmu)
+    }
+
+    /// One more than every phandle of the source; or the phandle of the node being
+    /// replaced, if this edit wrote it (see [`build_guest_tree`]), so that a rebuild gives
+    /// the same bytes.
+    fn choose_phandle(&self, scan: &Scan, blob: Blob<'_>) -> Result<u32, GuestTreeError> {
+        let mut highest = scan.highest_phandle;
+        if let Some(replaced) = scan.replaced {
+            let cursor = Cursor {
+                blob,
+                offset: replaced.properties,
+            };
+            if let Some(own) = self.phandle_if_written_here(cursor)?
+                && own > highest
+            {
+                return Ok(own);
+            }
+            highest = highest.max(replaced.highest_phandle.unwrap_or(0));
+        }
+        highest
+            .checked_add(1)
+            .filter(|&phandle| phandle != u32::MAX)
+            .ok_or(GuestTreeError::PhandlesExhausted)
+    }
+
+    /// The phandle of the node whose properties start at `cursor`, if the node is exactly
+    /// what this edit writes but for that phandle: the same properties, values and order,
+    /// and no children.
+    fn phandle_if_written_here(
+        &self,
+        mut cursor: Cursor<'_>,
+    ) -> Result<Option<u32>, GuestTreeError> {
+        let mut phandle = None;
+        for (index, value) in self.properties() {
+            let Some(prop) = cursor.next_property()? else {
+                return Ok(None);
+            };
+            if Some(&prop.name) != NEW_NAMES.get(index) {
+                return Ok(None);
+            }
+            if index == PHANDLE {
+                phandle = one_cell(prop.value).filter(|&p| p != 0 && p != u32::MAX);
+            } else if prop.value != value {
+                return Ok(None);
+            }
+        }
+        let no_more_properties = cursor.next_property()?.is_none();
+        let no_children = matches!(cursor.next()?, Token::End);
+        Ok(phandle.filter(|_| no_more_properties && no_children))
+    }
+
+    /// The node's properties in the order they are written, by [`NEW_NAMES`] index.
+    fn properties(&self) -> [(usize, &[u8]); 8] {
+        [
+            (COMPATIBLE, b"arm,smmu-v3\0"),
+            (REG, &self.reg),
+            (INTERRUPT_PARENT, &self.interrupt_parent),
+            (INTERRUPTS, &self.interrupts),
+            (INTERRUPT_NAMES, &self.interrupt_names),
+            (IOMMU_CELLS, &ONE_CELL),
+            (DMA_COHERENT, &[]),
+            (PHANDLE, &self.phandle),
+        ]
     }
 }
 
@@ -797,13 +1281,52 @@ const REG: usize = 1;
 const BOOTARGS: usize = 2;
 const INITRD_START: usize = 3;
 const INITRD_END: usize = 4;
-const NEW_NAMES: [&[u8]; 5] = [
+const COMPATIBLE: usize = 5;
+const INTERRUPT_PARENT: usize = 6;
+const INTERRUPTS: usize = 7;
+const INTERRUPT_NAMES: usize = 8;
+const IOMMU_CELLS: usize = 9;
+const DMA_COHERENT: usize = 10;
+const PHANDLE: usize = 11;
+const IOMMU_MAP: usize = 12;
+const IOMMU_MAP_MASK: usize = 13;
+const NEW_NAMES: [&[u8]; 14] = [
     b"device_type",
     b"reg",
     b"bootargs",
     b"linux,initrd-start",
     b"linux,initrd-end",
+    b"compatible",
+    b"interrupt-parent",
+    b"interrupts",
+    b"interrupt-names",
+    b"#iommu-cells",
+    b"dma-coherent",
+    b"phandle",
+    b"iommu-map",
+    b"iommu-map-mask",
 ];
+
+/// Which optional edits write names of their own.
+#[derive(Debug, Clone, Copy)]
+struct NeededNames<'a> {
+    bootargs: bool,
+    initrd: bool,
+    smmu: Option<&'a VirtualSmmu>,
+}
+
+impl NeededNames<'_> {
+    fn get(&self) -> [bool; NEW_NAMES.len()] {
+        let smmu = self.smmu.is_some();
+        let map = self.smmu.is_some_and(|smmu| !smmu.iommu_map.is_empty());
+        let mask = map && self.smmu.is_some_and(|smmu| smmu.iommu_map_mask.is_some());
+        let (bootargs, initrd) = (self.bootargs, self.initrd);
+        [
+            true, true, bootargs, initrd, initrd, smmu, smmu, smmu, smmu, smmu, smmu, smmu, map,
+            mask,
+        ]
+    }
+}
 
 /// Where each name this module writes lies in the output's strings block: in the source's
 /// strings if it is there already, else appended after them.
@@ -814,8 +1337,8 @@ struct NewNames {
 }
 
 impl NewNames {
-    fn new(strings: &[u8], bootargs: bool, initrd: bool) -> Self {
-        let needed = [true, true, bootargs, initrd, initrd];
+    fn new(strings: &[u8], needed: NeededNames<'_>) -> Self {
+        let needed = needed.get();
         let mut offsets = [None; NEW_NAMES.len()];
         let mut appended = [false; NEW_NAMES.len()];
         let mut end = strings.len();
@@ -933,6 +1456,8 @@ impl Writer<'_> {
 enum Special {
     Chosen,
     Aliases,
+    /// The PCIe host bridge, when the virtual SMMU edit sets its `iommu-map`.
+    PcieHost,
     Other,
 }
 
@@ -991,6 +1516,7 @@ struct Emit<'a, 'w, 'o> {
     names: &'a NewNames,
     bootargs: Option<&'a str>,
     initrd: Option<(u64, u64)>,
+    smmu: Option<&'a VirtualSmmu>,
     writer: &'w mut Writer<'o>,
 }
 
@@ -1003,6 +1529,7 @@ impl Emit<'_, '_, '_> {
         let mut masks: [PathMask; LEVELS] = [0; LEVELS];
         let mut depth = 0usize;
         let mut memory_written = false;
+        let mut smmu_written = false;
         let mut chosen_seen = false;
         // The first pass has checked the nesting and depth; errors here are kept anyway.
         loop {
@@ -1025,6 +1552,17 @@ impl Emit<'_, '_, '_> {
                         cursor.skip_subtree()?;
                         continue;
                     }
+                    if let Some(smmu) = self.smmu
+                        && level == 1
+                        && name == node_name_bytes(&smmu.name)
+                    {
+                        if !smmu_written {
+                            self.smmu_node(smmu)?;
+                            smmu_written = true;
+                        }
+                        cursor.skip_subtree()?;
+                        continue;
+                    }
                     if level > 0 && self.removed.names_node(mask, level) {
                         cursor.skip_subtree()?;
                         continue;
@@ -1032,6 +1570,9 @@ impl Emit<'_, '_, '_> {
                     let special = match (level, name) {
                         (1, b"chosen") => Special::Chosen,
                         (1, b"aliases") => Special::Aliases,
+                        _ if self.smmu.is_some() && facts.is_enabled_pcie_host() => {
+                            Special::PcieHost
+                        }
                         _ => Special::Other,
                     };
                     chosen_seen |= special == Special::Chosen;
@@ -1048,6 +1589,12 @@ impl Emit<'_, '_, '_> {
                         if !memory_written {
                             self.memory_node()?;
                             memory_written = true;
+                        }
+                        if let Some(smmu) = self.smmu
+                            && !smmu_written
+                        {
+                            self.smmu_node(smmu)?;
+                            smmu_written = true;
                         }
                         if !chosen_seen {
                             self.writer.begin_node(b"chosen\0")?;
@@ -1079,6 +1626,8 @@ impl Emit<'_, '_, '_> {
             }
             match (special, prop.name) {
                 (Special::Aliases, _) if self.path_is_removed(prop.value) => continue,
+                // Replaced by the edit's, after the other properties.
+                (Special::PcieHost, b"iommu-map" | b"iommu-map-mask") => continue,
                 (Special::Chosen, b"stdout-path" | b"linux,stdout-path")
                     if self.stdout_is_removed(prop.value) =>
                 {
@@ -1118,7 +1667,26 @@ impl Emit<'_, '_, '_> {
         if special == Special::Chosen {
             self.chosen_additions(written)?;
         }
+        if special == Special::PcieHost
+            && let Some(smmu) = self.smmu
+            && !smmu.iommu_map.is_empty()
+        {
+            self.writer
+                .prop(self.names.offset(IOMMU_MAP)?, &smmu.iommu_map)?;
+            if let Some(mask) = smmu.iommu_map_mask {
+                self.writer
+                    .prop(self.names.offset(IOMMU_MAP_MASK)?, &mask)?;
+            }
+        }
         Ok(())
+    }
+
+    fn smmu_node(&mut self, smmu: &VirtualSmmu) -> Result<(), GuestTreeError> {
+        self.writer.begin_node(&smmu.name)?;
+        for (index, value) in smmu.properties() {
+            self.writer.prop(self.names.offset(index)?, value)?;
+        }
+        self.writer.u32(FDT_END_NODE)
     }
 
     /// Adds what `/chosen` must have and does not yet.

@@ -112,6 +112,29 @@ impl Interrupt {
         };
         interrupt.intid().map(|_| interrupt)
     }
+
+    /// The three cells of the GICv3 specifier for this interrupt, `<kind number flags>`: the
+    /// inverse of [`Interrupt::from_gic_v3_cells`]. `None` if the number is outside its class
+    /// (the GIC would not take it).
+    #[must_use]
+    pub const fn to_gic_v3_cells(&self) -> Option<[u32; 3]> {
+        if self.intid().is_none() {
+            return None;
+        }
+        let kind = match self.kind {
+            InterruptKind::Spi => 0,
+            InterruptKind::Ppi => 1,
+            InterruptKind::ExtendedSpi => 2,
+            InterruptKind::ExtendedPpi => 3,
+        };
+        let flags = match self.trigger {
+            Trigger::EdgeRising => 1,
+            Trigger::EdgeFalling => 2,
+            Trigger::LevelHigh => 4,
+            Trigger::LevelLow => 8,
+        };
+        Some([kind, self.number, flags])
+    }
 }
 
 #[cfg(test)]
@@ -148,5 +171,43 @@ mod tests {
         for (cells, expected) in cases {
             assert_eq!(Interrupt::from_gic_v3_cells(cells), *expected, "{cells:?}");
         }
+    }
+
+    #[test]
+    fn every_valid_interrupt_encodes_to_cells_that_decode_back_to_it() {
+        let kinds = [
+            (InterruptKind::Spi, 988),
+            (InterruptKind::Ppi, 16),
+            (InterruptKind::ExtendedSpi, 1024),
+            (InterruptKind::ExtendedPpi, 64),
+        ];
+        let triggers = [
+            Trigger::EdgeRising,
+            Trigger::EdgeFalling,
+            Trigger::LevelHigh,
+            Trigger::LevelLow,
+        ];
+        for (kind, count) in kinds {
+            for trigger in triggers {
+                for number in [0, 1, count - 1, count, u32::MAX] {
+                    let interrupt = Interrupt {
+                        kind,
+                        number,
+                        trigger,
+                    };
+                    let cells = interrupt.to_gic_v3_cells();
+                    if number < count {
+                        let cells = cells.unwrap();
+                        assert_eq!(Interrupt::from_gic_v3_cells(&cells), Some(interrupt));
+                    } else {
+                        assert_eq!(cells, None, "{interrupt:?}");
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            Interrupt::spi(74, Trigger::EdgeRising).to_gic_v3_cells(),
+            Some([0, 74, 1])
+        );
     }
 }

@@ -13,7 +13,8 @@
 //! - [`guest_devices`]: the allow-list of devices a guest may have, and [`guest_devices::plan`],
 //!   which judges every device node of a DTB against it.
 //! - [`guest_tree`]: [`build_guest_tree`] derives the guest's DTB from the platform's: the
-//!   guest's RAM, the hypervisor's devices removed, `/chosen` set.
+//!   guest's RAM, the hypervisor's devices removed, `/chosen` set, and the virtual SMMU
+//!   described with the PCIe host bridge's `iommu-map` pointing at it.
 //! - [`stream_ids`]: requester IDs, bus ranges and the `iommu-map` arithmetic that gives
 //!   the stream IDs a host bridge occupies.
 //! - [`interrupt`]: GIC interrupt specifiers.
@@ -47,7 +48,9 @@ pub use crate::discovery::{
     BlobError, Discovered, DiscoveredGic, DiscoveredPcieHost, DiscoveredSmmu, DiscoveryError,
     NodeKind, blob_size, discover,
 };
-pub use crate::guest_tree::{GuestTreeEdits, GuestTreeError, IpaRange, build_guest_tree};
+pub use crate::guest_tree::{
+    GuestTreeEdits, GuestTreeError, IpaRange, SmmuInterruptName, VirtualSmmuNode, build_guest_tree,
+};
 pub use crate::interrupt::{Interrupt, InterruptKind, Trigger};
 pub use crate::platform::{
     FVP_BASE_REVC, Gic, PLATFORMS, PcieHost, Platform, PsciConduit, QEMU_VIRT, Smmu,
