@@ -140,7 +140,6 @@ extern "C" fn hyp_handle_exception(frame: &mut TrapFrame, index: u64) {
         | VectorKind::IrqCurrent
         | VectorKind::FiqCurrent => {
             crate::interrupts::handle(crate::interrupts::ThisCpu {
-                slot: el2::cpu_index(),
                 mpidr: sysreg::cpu_affinity(),
             });
         }

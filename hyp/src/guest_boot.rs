@@ -129,6 +129,7 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
         &platform.smmu.interrupts,
         crate::arch::sysreg::cpu_affinity(),
         vcpus,
+        &[],
     ) {
         Ok(gic) => gic,
         Err(error) => {

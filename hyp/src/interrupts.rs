@@ -5,18 +5,29 @@
 //! reaches the physical interrupt without another trap; SGIs (which the hypervisor forwarded
 //! from a trapped ICC_SGI1R_EL1) with HW = 0.
 //!
+//! Hypervisor code raises purely virtual interrupts with [`raise_virtual_spi`]: SPIs that exist
+//! only in the guest's distributor (the vSMMU's), injected with HW = 0 at the CPU the guest
+//! routed them to. Another CPU is reached through its waiting set and SGI 15, which the
+//! hypervisor keeps for itself ([`crate::gic::KICK_SGI`]): the guest never sees it.
+//!
+//! Lock order: a CPU's waiting set may be held while the guest's distributor is taken (for a
+//! priority), never the other way round: a delivery is made after the distributor's lock is
+//! released.
+//!
 //! The guest's distributor and redistributors are emulated devices ([`crate::gic`]) in the
 //! MMIO registry; this module sets the GIC up for that at boot and answers interrupts after.
 //! Every handler does a bounded amount of work per interrupt.
 
 use crate::arch::gic as hw;
 use crate::cpus::MAX_CPUS;
-use crate::gic::distributor::Distributor;
+use crate::gic::KICK_SGI;
+use crate::gic::distributor::{Delivery, Distributor, MAX_VIRTUAL_SPIS};
 use crate::gic::list_registers::{self, ListRegisters, PendingSet, Placed, VirtualInterrupt};
 use crate::gic::ownership::Ownership;
 use crate::gic::redistributor::{FRAME_SIZE, GuestRedistributors, Layout};
 use crate::gic::{FIRST_PPI, FIRST_SPI, GicMmio};
 use crate::stats::{self, ExitReason};
+use nested::{AccessWidth, MmioDevice, MmioError, MmioOffset, VcpuId};
 use smmu::PhysRange;
 
 /// The virtual interface's maintenance interrupt (PPI 9), as the GIC binding and both
@@ -90,6 +101,8 @@ struct Setup {
     redistributors: Layout,
     /// The MPIDR affinity of each redistributor's CPU (from GICR_TYPER), in region order.
     affinities: heapless::Vec<u64, MAX_CPUS>,
+    /// The guest's CPUs (the first `vcpus` of `affinities`).
+    guest_cpus: heapless::Vec<u64, MAX_CPUS>,
     ownership: Ownership,
     smmu_events: Option<u32>,
     smmu_global_errors: Option<u32>,
@@ -98,7 +111,7 @@ struct Setup {
 
 static SETUP: spin::Once<Setup> = spin::Once::new();
 
-/// Interrupts waiting for a list register, per CPU.
+/// Interrupts waiting for a list register, per CPU (by redistributor index).
 static WAITING: [spin::Mutex<PendingSet>; MAX_CPUS] =
     [const { spin::Mutex::new(PendingSet::new()) }; MAX_CPUS];
 
@@ -108,6 +121,10 @@ pub type GuestDistributor = Distributor<GicHardware>;
 pub type GuestRedistributorFrames = GuestRedistributors<GicHardware>;
 
 static GUEST_DISTRIBUTOR: spin::Once<spin::Mutex<GuestDistributor>> = spin::Once::new();
+
+/// What the MMIO registry holds for the distributor: it takes [`GUEST_DISTRIBUTOR`]'s lock for
+/// each access and makes the deliveries a write readied once that lock is released.
+static DISTRIBUTOR_DEVICE: spin::Mutex<DistributorDevice> = spin::Mutex::new(DistributorDevice);
 static GUEST_REDISTRIBUTORS: spin::Once<spin::Mutex<GuestRedistributorFrames>> = spin::Once::new();
 
 /// Why the GIC could not be set up.
@@ -115,13 +132,15 @@ static GUEST_REDISTRIBUTORS: spin::Once<spin::Mutex<GuestRedistributorFrames>> =
 pub enum SetupError {
     /// The redistributor region does not lay out.
     Redistributors(crate::gic::redistributor::LayoutError),
+    /// A virtual SPI was refused.
+    VirtualSpi(crate::gic::distributor::VirtualSpiError),
 }
 
 /// The devices the guest's GIC accesses go to.
 #[allow(missing_debug_implementations, reason = "trait objects behind locks")]
 pub struct GuestGic {
     /// The distributor device.
-    pub distributor: &'static spin::Mutex<GuestDistributor>,
+    pub distributor: &'static spin::Mutex<DistributorDevice>,
     /// The redistributor device.
     pub redistributors: &'static spin::Mutex<GuestRedistributorFrames>,
     /// How many redistributors.
@@ -131,7 +150,9 @@ pub struct GuestGic {
 /// Sets the GIC up for a guest (on the boot CPU, before it runs): the hypervisor's SPIs
 /// configured, routed here and enabled; every other implemented interrupt Group 1 and the
 /// guest's; the distributor enabled with affinity routing. The guest may route its SPIs to
-/// the first `vcpus` CPUs the redistributors describe.
+/// the first `vcpus` CPUs the redistributors describe. `virtual_spis` become SPIs of the
+/// guest's that exist only in its distributor (hypervisor-owned INTIDs: the vSMMU reuses the
+/// physical SMMU's).
 ///
 /// # Errors
 ///
@@ -142,6 +163,7 @@ pub fn set_up(
     smmu: &board::SmmuInterrupts,
     boot_cpu: u64,
     vcpus: usize,
+    virtual_spis: &[u32],
 ) -> Result<GuestGic, SetupError> {
     let gic = GicHardware;
     let base = distributor.base.get();
@@ -174,7 +196,7 @@ pub fn set_up(
     {
         let _ = hypervisor.push(intid);
     }
-    for intid in [MAINTENANCE, EL2_TIMER, EL2_VIRTUAL_TIMER] {
+    for intid in [KICK_SGI, MAINTENANCE, EL2_TIMER, EL2_VIRTUAL_TIMER] {
         let _ = hypervisor.push(intid);
     }
     let ownership = Ownership::new(implemented, &hypervisor);
@@ -226,18 +248,23 @@ pub fn set_up(
         distributor: base,
         redistributors: layout,
         affinities,
+        guest_cpus: guest_cpus.clone(),
         ownership: ownership.clone(),
         smmu_events,
         smmu_global_errors,
         list_registers: hw::list_register_count(),
     });
-    let distributor = GUEST_DISTRIBUTOR.call_once(|| {
-        spin::Mutex::new(Distributor::new(base, gic, ownership.clone(), &guest_cpus))
-    });
+    let mut guest_distributor = Distributor::new(base, gic, ownership.clone(), &guest_cpus);
+    for &intid in virtual_spis {
+        guest_distributor
+            .add_virtual_spi(intid)
+            .map_err(SetupError::VirtualSpi)?;
+    }
+    GUEST_DISTRIBUTOR.call_once(|| spin::Mutex::new(guest_distributor));
     let frames = GUEST_REDISTRIBUTORS
         .call_once(|| spin::Mutex::new(GuestRedistributors::new(layout, gic, ownership)));
     Ok(GuestGic {
-        distributor,
+        distributor: &DISTRIBUTOR_DEVICE,
         redistributors: frames,
         count: setup.redistributors.count,
     })
@@ -269,13 +296,16 @@ pub fn configure_cpu(mpidr: u64) {
             }
         }
         gic.write32(sgi + gicr::IGROUPR0, u32::MAX);
-        for intid in [MAINTENANCE, EL2_TIMER] {
+        for intid in [KICK_SGI, MAINTENANCE, EL2_TIMER] {
             gic.write8(
                 sgi + gicr::IPRIORITYR + u64::from(intid),
                 HYPERVISOR_PRIORITY,
             );
         }
-        gic.write32(sgi + gicr::ISENABLER0, 1 << MAINTENANCE | 1 << EL2_TIMER);
+        gic.write32(
+            sgi + gicr::ISENABLER0,
+            1 << KICK_SGI | 1 << MAINTENANCE | 1 << EL2_TIMER,
+        );
     }
     hw::configure_cpu_interfaces(setup.list_registers);
 }
@@ -304,10 +334,15 @@ impl ListRegisters for Lrs {
 }
 
 /// The guest's priority for `intid` on the CPU whose redistributor is `redistributor`, as the
-/// hardware holds it.
+/// hardware holds it (or the distributor's emulation, for a virtual SPI).
 fn guest_priority(setup: &Setup, redistributor: usize, intid: u32) -> u8 {
     let gic = GicHardware;
-    if intid >= FIRST_SPI {
+    if intid >= FIRST_SPI && !setup.ownership.is_guest(intid) {
+        GUEST_DISTRIBUTOR
+            .get()
+            .and_then(|d| d.lock().virtual_priority(intid))
+            .unwrap_or(0)
+    } else if intid >= FIRST_SPI {
         gic.read8(setup.distributor + gicd::IPRIORITYR + u64::from(intid))
     } else {
         let sgi = setup.redistributors.region.base.get()
@@ -317,11 +352,9 @@ fn guest_priority(setup: &Setup, redistributor: usize, intid: u32) -> u8 {
     }
 }
 
-/// Where this CPU's state is: its stack slot (for the waiting set) and its redistributor.
+/// Which CPU an interrupt arrived on.
 #[derive(Clone, Copy, Debug)]
 pub struct ThisCpu {
-    /// Its stack slot.
-    pub slot: usize,
     /// Its MPIDR.
     pub mpidr: u64,
 }
@@ -335,7 +368,12 @@ fn inject(setup: &Setup, cpu: ThisCpu, intid: u32, physical: bool) {
         priority: guest_priority(setup, redistributor, intid),
         physical: physical.then_some(intid),
     };
-    let Some(waiting) = WAITING.get(cpu.slot) else {
+    inject_here(setup, redistributor, interrupt);
+}
+
+/// Puts `interrupt` in this CPU's list registers, or its waiting set.
+fn inject_here(setup: &Setup, redistributor: usize, interrupt: VirtualInterrupt) {
+    let Some(waiting) = WAITING.get(redistributor) else {
         return;
     };
     let mut lrs = Lrs {
@@ -384,9 +422,11 @@ pub fn handle(cpu: ThisCpu) {
 
 /// One of the hypervisor's own interrupts.
 fn handle_own(setup: &Setup, cpu: ThisCpu, intid: u32) {
-    if intid == MAINTENANCE {
+    // The maintenance interrupt (list registers emptied) and the kick (another CPU left
+    // something in this one's waiting set) both refill the list registers.
+    if intid == MAINTENANCE || intid == KICK_SGI {
         let redistributor = redistributor_of(setup, cpu.mpidr).unwrap_or(0);
-        if let Some(waiting) = WAITING.get(cpu.slot) {
+        if let Some(waiting) = WAITING.get(redistributor) {
             let mut lrs = Lrs {
                 count: setup.list_registers,
             };
@@ -412,4 +452,85 @@ fn handle_own(setup: &Setup, cpu: ThisCpu, intid: u32) {
 /// Sends the guest's SGI `intid` to CPU `mpidr` (a guest CPU: the trap path checked).
 pub fn send_sgi(intid: u32, mpidr: u64) {
     hw::send_sgi(crate::gic::sgi::encode_for(intid, mpidr));
+}
+
+/// Raises the guest's virtual SPI `intid` (an edge, HW = 0): injected at the CPU the guest
+/// routed it to if the guest has it enabled, else kept pending in its distributor until it
+/// does. Callable from any CPU, in a trap or an interrupt handler; bounded.
+pub fn raise_virtual_spi(intid: u32) {
+    let Some(distributor) = GUEST_DISTRIBUTOR.get() else {
+        return;
+    };
+    let delivery = distributor.lock().raise(intid);
+    if let Some(delivery) = delivery {
+        deliver(delivery);
+    }
+}
+
+/// Makes a virtual SPI pending at its CPU: here, or through the target's waiting set and the
+/// kick SGI. Called with the distributor's lock released.
+fn deliver(delivery: Delivery) {
+    let Some(setup) = SETUP.get() else { return };
+    let here = crate::arch::sysreg::cpu_affinity() & crate::cpus::AFFINITY_MASK;
+    let target = match delivery.target {
+        Some(target) => target,
+        // IRM: this CPU if it is one of the guest's, else the guest's first.
+        None if setup.guest_cpus.contains(&here) => here,
+        None => setup.guest_cpus.first().copied().unwrap_or(here),
+    };
+    let Some(redistributor) = redistributor_of(setup, target) else {
+        return;
+    };
+    let interrupt = VirtualInterrupt {
+        intid: delivery.intid,
+        priority: delivery.priority,
+        physical: None,
+    };
+    if target == here {
+        inject_here(setup, redistributor, interrupt);
+    } else if let Some(waiting) = WAITING.get(redistributor) {
+        waiting.lock().insert(delivery.intid, false);
+        hw::send_sgi(crate::gic::sgi::encode_for(KICK_SGI, target));
+    }
+}
+
+/// The guest's distributor as the MMIO registry sees it.
+#[derive(Debug)]
+pub struct DistributorDevice;
+
+impl MmioDevice for DistributorDevice {
+    fn mmio_read(
+        &mut self,
+        offset: MmioOffset,
+        width: AccessWidth,
+        vcpu: VcpuId,
+    ) -> Result<u64, MmioError> {
+        let distributor = GUEST_DISTRIBUTOR.get().ok_or(MmioError::Reserved(offset))?;
+        distributor.lock().mmio_read(offset, width, vcpu)
+    }
+
+    fn mmio_write(
+        &mut self,
+        offset: MmioOffset,
+        width: AccessWidth,
+        value: u64,
+        vcpu: VcpuId,
+    ) -> Result<(), MmioError> {
+        let distributor = GUEST_DISTRIBUTOR.get().ok_or(MmioError::Reserved(offset))?;
+        let mut ready: heapless::Vec<Delivery, MAX_VIRTUAL_SPIS> = heapless::Vec::new();
+        let result = {
+            let mut guard = distributor.lock();
+            let result = guard.mmio_write(offset, width, value, vcpu);
+            while let Some(delivery) = guard.take_ready() {
+                if ready.push(delivery).is_err() {
+                    break;
+                }
+            }
+            result
+        };
+        for delivery in ready {
+            deliver(delivery);
+        }
+        result
+    }
 }

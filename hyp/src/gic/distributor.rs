@@ -17,6 +17,13 @@
 //! - Legacy (non-affinity-routed) registers (ITARGETSR, SGIR, CPENDSGIR, SPENDSGIR), NSACR and
 //!   IGRPMODR are RAZ/WI, as with affinity routing enabled and security disabled for the guest.
 //!
+//! - **Virtual SPIs** exist only for the guest: INTIDs the hardware implements but the
+//!   hypervisor owns (the physical SMMU's, which the vSMMU's interrupts reuse) can be made
+//!   virtual ([`Distributor::add_virtual_spi`]). The guest enables, pends, prioritises and
+//!   routes them here as any SPI; their state lives in this emulation, never in the hardware;
+//!   they are edge-triggered. Hypervisor code raises one with [`Distributor::raise`], which
+//!   says where to inject it (HW = 0) once the guest has it enabled.
+//!
 //! Widths: the one-bit-per-INTID registers, ICFGR, CTLR and friends take 32-bit accesses;
 //! IPRIORITYR takes bytes or words; IROUTER takes doublewords or either word; anything else is
 //! an external abort.
@@ -55,6 +62,46 @@ const TYPER_HIDDEN: u32 = 1 << 8 | 1 << 16 | 1 << 17;
 /// GICD_IROUTER.IRM: route to any participating CPU.
 const IROUTER_IRM: u64 = 1 << 31;
 
+/// The most virtual SPIs a distributor holds.
+pub const MAX_VIRTUAL_SPIS: usize = 8;
+
+/// An SPI that exists only in the guest's view, raised by hypervisor code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct VirtualSpi {
+    intid: u32,
+    enabled: bool,
+    pending: bool,
+    priority: u8,
+    /// GICD_IROUTER as the guest set it (IRM or one of its CPUs' affinities).
+    route: u64,
+}
+
+/// A virtual SPI to make pending at a CPU interface, with HW = 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub struct Delivery {
+    /// The INTID.
+    pub intid: u32,
+    /// The guest's priority for it.
+    pub priority: u8,
+    /// The guest CPU (MPIDR affinity) it is routed to; `None` for any of them (IRM).
+    pub target: Option<u64>,
+}
+
+/// Why [`Distributor::add_virtual_spi`] refused an INTID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub enum VirtualSpiError {
+    /// Not an SPI the distributor implements.
+    NotAnSpi(u32),
+    /// The guest owns it as a physical interrupt.
+    GuestOwned(u32),
+    /// Already virtual.
+    Duplicate(u32),
+    /// [`MAX_VIRTUAL_SPIS`] already.
+    Full,
+}
+
 /// The guest's distributor.
 #[derive(Debug)]
 pub struct Distributor<H> {
@@ -65,6 +112,7 @@ pub struct Distributor<H> {
     guest_cpus: heapless::Vec<u64, MAX_CPUS>,
     /// The guest's GICD_CTLR enable bits.
     ctlr: u32,
+    virtual_spis: heapless::Vec<VirtualSpi, MAX_VIRTUAL_SPIS>,
 }
 
 impl<H: GicMmio> Distributor<H> {
@@ -82,7 +130,92 @@ impl<H: GicMmio> Distributor<H> {
             ownership,
             guest_cpus,
             ctlr: 0,
+            virtual_spis: heapless::Vec::new(),
         }
+    }
+
+    /// Makes `intid`, an SPI the hardware implements and the guest does not own, a virtual
+    /// SPI of the guest's: disabled, not pending, priority 0, routed to its first CPU.
+    ///
+    /// # Errors
+    ///
+    /// [`VirtualSpiError`] naming what is wrong with `intid`.
+    pub fn add_virtual_spi(&mut self, intid: u32) -> Result<(), VirtualSpiError> {
+        if intid < FIRST_SPI || intid >= self.ownership.implemented() {
+            return Err(VirtualSpiError::NotAnSpi(intid));
+        }
+        if self.ownership.is_guest(intid) {
+            return Err(VirtualSpiError::GuestOwned(intid));
+        }
+        if self.virtual_spi(intid).is_some() {
+            return Err(VirtualSpiError::Duplicate(intid));
+        }
+        let route = self.guest_cpus.first().copied().unwrap_or(0);
+        self.virtual_spis
+            .push(VirtualSpi {
+                intid,
+                enabled: false,
+                pending: false,
+                priority: 0,
+                route,
+            })
+            .map_err(|_| VirtualSpiError::Full)
+    }
+
+    /// Hypervisor code raises the virtual SPI `intid` (an edge): the delivery to make now, or
+    /// `None` if the guest has it disabled (it stays pending until enabled) or it is not a
+    /// virtual SPI.
+    pub fn raise(&mut self, intid: u32) -> Option<Delivery> {
+        let index = self.virtual_spis.iter().position(|v| v.intid == intid)?;
+        let spi = self.virtual_spis.get_mut(index)?;
+        spi.pending = true;
+        self.ready(index)
+    }
+
+    /// The next virtual SPI that is pending and enabled, taken out of the pending state: after
+    /// a guest write enabled or pended one, the caller delivers each until `None` (at most
+    /// [`MAX_VIRTUAL_SPIS`]).
+    pub fn take_ready(&mut self) -> Option<Delivery> {
+        let index = self
+            .virtual_spis
+            .iter()
+            .position(|v| v.pending && v.enabled)?;
+        self.ready(index)
+    }
+
+    fn ready(&mut self, index: usize) -> Option<Delivery> {
+        let spi = self.virtual_spis.get_mut(index)?;
+        if !spi.enabled || !spi.pending {
+            return None;
+        }
+        spi.pending = false;
+        Some(Delivery {
+            intid: spi.intid,
+            priority: spi.priority,
+            target: (spi.route & IROUTER_IRM == 0).then_some(spi.route & AFFINITY_MASK),
+        })
+    }
+
+    /// The guest's priority for a virtual SPI, or `None` if `intid` is not one.
+    #[must_use]
+    pub fn virtual_priority(&self, intid: u32) -> Option<u8> {
+        self.virtual_spi(intid).map(|v| v.priority)
+    }
+
+    fn virtual_spi(&self, intid: u32) -> Option<&VirtualSpi> {
+        self.virtual_spis.iter().find(|v| v.intid == intid)
+    }
+
+    fn virtual_spi_mut(&mut self, intid: u32) -> Option<&mut VirtualSpi> {
+        self.virtual_spis.iter_mut().find(|v| v.intid == intid)
+    }
+
+    /// The bits, among the 32 INTIDs from `first`, of the virtual SPIs for which `bit` holds.
+    fn virtual_bits(&self, first: u32, bit: impl Fn(&VirtualSpi) -> bool) -> u32 {
+        self.virtual_spis
+            .iter()
+            .filter(|v| v.intid >= first && v.intid - first < 32 && bit(v))
+            .fold(0, |bits, v| bits | 1 << (v.intid - first))
     }
 
     /// The guest's priority for SPI `intid` (as the hardware holds it), for injection.
@@ -122,18 +255,39 @@ impl<H: GicMmio> Distributor<H> {
             }
             Region::Groups { first } => {
                 word(width, at)?;
-                Ok(u64::from(self.mask(first)))
+                Ok(u64::from(
+                    self.mask(first) | self.virtual_bits(first, |_| true),
+                ))
             }
             Region::OneBit { first } => {
                 word(width, at)?;
                 let mask = self.mask(first);
-                Ok(u64::from(self.hardware.read32(address) & mask))
+                let virtual_bits = match OneBitRegister::of(offset) {
+                    OneBitRegister::SetEnable | OneBitRegister::ClearEnable => {
+                        self.virtual_bits(first, |v| v.enabled)
+                    }
+                    OneBitRegister::SetPending | OneBitRegister::ClearPending => {
+                        self.virtual_bits(first, |v| v.pending)
+                    }
+                    OneBitRegister::SetActive | OneBitRegister::ClearActive => 0,
+                };
+                Ok(u64::from(
+                    self.hardware.read32(address) & mask | virtual_bits,
+                ))
             }
             Region::Priority { first } => self.read_priority(address, first, width, at),
             Region::Config { first } => {
                 word(width, at)?;
                 let mask = self.config_mask(first);
-                Ok(u64::from(self.hardware.read32(address) & mask))
+                // Virtual SPIs are edge-triggered (0b10), and read so.
+                let edges = (0..16).fold(0u32, |edges, i| {
+                    if self.virtual_spi(first + i).is_some() {
+                        edges | 0b10 << (2 * i)
+                    } else {
+                        edges
+                    }
+                });
+                Ok(u64::from(self.hardware.read32(address) & mask | edges))
             }
             Region::Router { intid, high } => {
                 let value = self.read_route(intid, address & !7);
@@ -175,6 +329,23 @@ impl<H: GicMmio> Distributor<H> {
                 if word_value & mask != 0 {
                     self.hardware.write32(address, word_value & mask);
                 }
+                let register = OneBitRegister::of(offset);
+                for spi in &mut self.virtual_spis {
+                    if spi.intid < first || spi.intid - first >= 32 {
+                        continue;
+                    }
+                    if word_value >> (spi.intid - first) & 1 == 0 {
+                        continue;
+                    }
+                    match register {
+                        OneBitRegister::SetEnable => spi.enabled = true,
+                        OneBitRegister::ClearEnable => spi.enabled = false,
+                        OneBitRegister::SetPending => spi.pending = true,
+                        OneBitRegister::ClearPending => spi.pending = false,
+                        // The active state is the list register's, not the distributor's.
+                        OneBitRegister::SetActive | OneBitRegister::ClearActive => {}
+                    }
+                }
                 Ok(())
             }
             Region::Priority { first } => self.write_priority(address, first, width, value, at),
@@ -198,6 +369,11 @@ impl<H: GicMmio> Distributor<H> {
                 };
                 if self.ownership.is_guest(intid) && self.route_allowed(new) {
                     self.hardware.write64(address & !7, new);
+                    Ok(())
+                } else if self.route_allowed(new)
+                    && let Some(spi) = self.virtual_spi_mut(intid)
+                {
+                    spi.route = new & (AFFINITY_MASK | IROUTER_IRM);
                     Ok(())
                 } else {
                     Err(MmioError::WriteIgnored(at))
@@ -251,14 +427,14 @@ impl<H: GicMmio> Distributor<H> {
             let byte = if intid >= FIRST_SPI && self.ownership.is_guest(intid) {
                 self.hardware.read8(address + u64::from(i))
             } else {
-                0
+                self.virtual_priority(intid).unwrap_or(0)
             };
             value | u64::from(byte) << (8 * i)
         }))
     }
 
     fn write_priority(
-        &self,
+        &mut self,
         address: u64,
         first: u32,
         width: AccessWidth,
@@ -273,10 +449,12 @@ impl<H: GicMmio> Distributor<H> {
         };
         for i in 0..bytes {
             let intid = first + i;
+            #[allow(clippy::cast_possible_truncation, reason = "one byte of the value")]
+            let byte = (value >> (8 * i)) as u8;
             if intid >= FIRST_SPI && self.ownership.is_guest(intid) {
-                #[allow(clippy::cast_possible_truncation, reason = "one byte of the value")]
-                let byte = (value >> (8 * i)) as u8;
                 self.hardware.write8(address + u64::from(i), byte);
+            } else if let Some(spi) = self.virtual_spi_mut(intid) {
+                spi.priority = byte;
             }
         }
         Ok(())
@@ -286,7 +464,7 @@ impl<H: GicMmio> Distributor<H> {
         if self.ownership.is_guest(intid) {
             self.hardware.read64(address)
         } else {
-            0
+            self.virtual_spi(intid).map_or(0, |v| v.route)
         }
     }
 
@@ -314,6 +492,31 @@ impl<H: GicMmio> MmioDevice for Distributor<H> {
         _vcpu: VcpuId,
     ) -> Result<(), MmioError> {
         self.write(offset.0, width, value)
+    }
+}
+
+/// Which of the one-bit-per-INTID registers an offset is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OneBitRegister {
+    SetEnable,
+    ClearEnable,
+    SetPending,
+    ClearPending,
+    SetActive,
+    ClearActive,
+}
+
+impl OneBitRegister {
+    /// For an offset in ISENABLER..ICACTIVER (0x100..0x400).
+    fn of(offset: u64) -> Self {
+        match offset.saturating_sub(offset::ISENABLER) / 0x80 {
+            0 => Self::SetEnable,
+            1 => Self::ClearEnable,
+            2 => Self::SetPending,
+            3 => Self::ClearPending,
+            4 => Self::SetActive,
+            _ => Self::ClearActive,
+        }
     }
 }
 
@@ -523,6 +726,72 @@ mod tests {
         d.write(0x8c, Bits32, 0).unwrap_err();
         assert!(writes(&d).is_empty());
         assert_eq!(d.read(0xffe8, Bits32), Ok(0x3b));
+    }
+
+    #[test]
+    fn a_virtual_spi_is_configured_like_any_spi_but_never_in_the_hardware() {
+        let mut d = distributor();
+        assert_eq!(d.add_virtual_spi(40), Err(VirtualSpiError::GuestOwned(40)));
+        assert_eq!(d.add_virtual_spi(27), Err(VirtualSpiError::NotAnSpi(27)));
+        assert_eq!(d.add_virtual_spi(288), Err(VirtualSpiError::NotAnSpi(288)));
+        d.add_virtual_spi(106).unwrap();
+        assert_eq!(d.add_virtual_spi(106), Err(VirtualSpiError::Duplicate(106)));
+        // Raised while disabled: pending, nothing delivered.
+        assert_eq!(d.raise(106), None);
+        assert_eq!(d.read(0x20c, Bits32), Ok(1 << 10), "ISPENDR3: pending");
+        // Group 1, edge-triggered, priority and route as the guest sets them.
+        assert_eq!(d.read(0x8c, Bits32).unwrap() >> 10 & 0b1111, 0b0001);
+        assert_eq!(d.read(0xc18, Bits32).unwrap() >> 20 & 0b11, 0b10);
+        d.write(0x400 + 104, Bits32, 0x0000_a000).unwrap(); // 104 = 0, 105 = 0xa0
+        d.write(0x400 + 106, Bits8, 0x30).unwrap();
+        assert_eq!(d.read(0x400 + 104, Bits32), Ok(0x0030_a000));
+        let router = 0x6000 + 8 * 106;
+        d.write(router, Bits64, 1).unwrap();
+        assert_eq!(d.read(router, Bits64), Ok(1));
+        assert!(d.write(router, Bits64, 0x100).is_err(), "not a guest CPU");
+        assert_eq!(d.read(router, Bits64), Ok(1));
+        // Enabling it delivers what was pending, once.
+        d.write(0x10c, Bits32, 1 << 10).unwrap();
+        assert_eq!(
+            d.take_ready(),
+            Some(Delivery {
+                intid: 106,
+                priority: 0x30,
+                target: Some(1)
+            })
+        );
+        assert_eq!(d.take_ready(), None);
+        assert_eq!(d.read(0x10c, Bits32).unwrap() >> 10 & 1, 1);
+        // Raised while enabled: delivered at once; to any CPU with IRM.
+        d.write(router, Bits64, IROUTER_IRM).unwrap();
+        assert_eq!(d.raise(106).map(|x| x.target), Some(None));
+        // Pended by the guest, cleared by the guest.
+        d.write(0x18c, Bits32, 1 << 10).unwrap();
+        d.write(0x20c, Bits32, 1 << 10).unwrap();
+        d.write(0x28c, Bits32, 1 << 10).unwrap();
+        d.write(0x10c, Bits32, 1 << 10).unwrap();
+        assert_eq!(d.take_ready(), None);
+        // None of it reached the hardware; the other hypervisor SPIs stay invisible.
+        for (address, _, value) in writes(&d) {
+            assert_eq!(value & 0b1111 << 10, 0, "{address:#x}: {value:#x}");
+        }
+        assert_eq!(d.hardware.get(BASE + router, 8), 0);
+        assert_eq!(d.read(0x400 + 107, Bits8), Ok(0));
+        assert_eq!(d.raise(107), None);
+    }
+
+    #[test]
+    fn at_most_eight_virtual_spis() {
+        let mut big = Distributor::new(
+            BASE,
+            FakeGic::default(),
+            Ownership::new(288, &(100..120).collect::<Vec<_>>()),
+            &[0],
+        );
+        for intid in 100..108 {
+            big.add_virtual_spi(intid).unwrap();
+        }
+        assert_eq!(big.add_virtual_spi(108), Err(VirtualSpiError::Full));
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub const FIRST_SPI: u32 = 32;
 pub const INTID_LIMIT: u32 = 1020;
 /// SGIs are 0..16, PPIs 16..32.
 pub const FIRST_PPI: u32 = 16;
+/// The SGI the hypervisor keeps for itself: one CPU tells another that it left a virtual
+/// interrupt in its waiting set. The guest sees SGI 15 as unimplemented, and its own sends of
+/// it are refused (Linux uses SGIs 0 to 7).
+pub const KICK_SGI: u32 = 15;
 
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation)]

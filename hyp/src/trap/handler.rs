@@ -244,12 +244,14 @@ fn sgi_write(frame: &mut TrapFrame, state: &TrapState, host: &mut impl TrapHost)
             request.target_list.count_ones()
         };
         let mut sent = 0u32;
-        for target in request.targets(sender, &cpus) {
+        // The hypervisor's own SGI reaches no one from the guest.
+        let reserved = request.intid == crate::gic::KICK_SGI;
+        for target in request.targets(sender, &cpus).filter(|_| !reserved) {
             host.send_sgi(request.intid, target);
             let _ = state.counters.count(ExitReason::SgiSent);
             sent += 1;
         }
-        for _ in sent..named {
+        for _ in sent..named.max(u32::from(reserved)) {
             let _ = state.counters.count(ExitReason::SgiRefused);
         }
     }
@@ -716,5 +718,29 @@ mod tests {
         handle(&mut frame, &vm(), &state, &mut fake);
         assert_eq!(fake.sgis.len(), 2);
         assert_eq!(frame.elr, 0x2004);
+    }
+
+    #[test]
+    fn the_hypervisors_sgi_is_never_sent_for_the_guest() {
+        let state = state();
+        state.slots.claim(1).unwrap();
+        let mut fake = Fake::default();
+        let msr = 3 << 20 | 5 << 17 | 12 << 10 | 7 << 5 | 11 << 1;
+        for value in [
+            u64::from(crate::gic::KICK_SGI) << 24 | 0b11,
+            u64::from(crate::gic::KICK_SGI) << 24 | 1 << 40,
+        ] {
+            let mut frame = TrapFrame {
+                esr: 0x18 << 26 | IL | msr,
+                elr: 0x2000,
+                ..TrapFrame::default()
+            };
+            frame.registers[7] = value;
+            handle(&mut frame, &vm(), &state, &mut fake);
+            assert_eq!(frame.elr, 0x2004);
+        }
+        assert!(fake.sgis.is_empty());
+        assert_eq!(state.counters.get(ExitReason::SgiSent), 0);
+        assert_eq!(state.counters.get(ExitReason::SgiRefused), 3);
     }
 }

@@ -542,6 +542,10 @@ fn gic_checks(out: &mut impl Write) {
     };
     report("virtual-timer-arrives", interrupts::virtual_timer_arrives());
     report("own-sgi-arrives", interrupts::own_sgi_arrives());
+    report(
+        "hypervisors-sgi-refused",
+        interrupts::hypervisors_sgi_refused(),
+    );
     let edu = edu_present();
     report(
         "device-interrupt-arrives",
@@ -567,9 +571,9 @@ fn gic_checks(out: &mut impl Write) {
         },
     );
     if failed == 0 {
-        let _ = writeln!(out, "GUEST VERDICT: PASS 5 checks");
+        let _ = writeln!(out, "GUEST VERDICT: PASS 6 checks");
     } else {
-        let _ = writeln!(out, "GUEST VERDICT: FAIL {failed} of 5 checks failed");
+        let _ = writeln!(out, "GUEST VERDICT: FAIL {failed} of 6 checks failed");
     }
 }
 

@@ -278,8 +278,8 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "guest-cannot-touch-hypervisor-interrupts",
         description: "the test guest, given one vCPU on a two-CPU machine, takes its virtual timer and \
-                      an SGI to itself as virtual interrupts; an SGI it aims at the other CPU is \
-                      refused; edu's level-sensitive interrupt arrives twice (so the guest's end deactivated the \
+                      an SGI to itself as virtual interrupts; SGI 15 (the hypervisor's) cannot be \
+                      enabled and never arrives; an SGI it aims at the other CPU is refused; edu's level-sensitive interrupt arrives twice (so the guest's end deactivated the \
                       physical one); it writes every distributor and redistributor register that could \
                       disable, retarget, reprioritise, regroup, pend or activate the hypervisor's \
                       interrupts (the SMMU's SPIs, the maintenance interrupt, the EL2 timer) and \
@@ -294,10 +294,11 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         expect_console: &[
             "GUEST: PASS virtual-timer-arrives",
             "GUEST: PASS own-sgi-arrives",
+            "GUEST: PASS hypervisors-sgi-refused",
             "GUEST: PASS device-interrupt-arrives",
             "GUEST: PASS hypervisor-interrupts-untouchable",
             "GUEST: PASS smmu-interrupt-fires-while-masked",
-            "GUEST VERDICT: PASS 5 checks",
+            "GUEST VERDICT: PASS 6 checks",
         ],
         expect_log: &[
             "guest GIC: distributor and 2 redistributors emulated",
@@ -309,7 +310,8 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         ],
         expect_counts: &[
             ("exits: SgiSent {}", Count::Exactly(1)),
-            ("exits: SgiRefused {}", Count::Exactly(1)),
+            // SGI 15 (the hypervisor's) to itself, and SGI 6 to the CPU it does not have.
+            ("exits: SgiRefused {}", Count::Exactly(2)),
             // edu's interrupt, twice.
             ("exits: InterruptDevice {}", Count::Exactly(2)),
             // The 64-byte blocked write: one record per 4 bytes.

@@ -186,6 +186,32 @@ pub(super) fn own_sgi_arrives() -> Outcome {
     }
 }
 
+/// SGI 15 is the hypervisor's: the guest cannot enable it, and sending it to itself is
+/// refused (counted); it never arrives.
+pub(super) fn hypervisors_sgi_refused() -> Outcome {
+    enable_cpu_interface();
+    mmio_write32(GICR_SGI + 0x100, 1 << 15);
+    if mmio_read32(GICR_SGI + 0x100) & 1 << 15 != 0 {
+        return Err("SGI 15 reads as enabled");
+    }
+    // SAFETY: SGI 15 to this CPU: refused by the hypervisor.
+    unsafe { asm!("msr icc_sgi1r_el1, {}", "isb", in(reg) (15u64 << 24 | 1), options(nostack)) };
+    for _ in 0..100_000u64 {
+        let got: u64;
+        // SAFETY: acknowledges a pending virtual interrupt, if any (none should be).
+        unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) got, options(nostack)) };
+        let got = got & 0xff_ffff;
+        if got < 1020 {
+            // SAFETY: ends what was just acknowledged.
+            unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) got, options(nostack)) };
+            if got == 15 {
+                return Err("SGI 15 arrived");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An SGI to CPU 1, which is not the guest's: the hypervisor drops it (and counts it).
 pub(super) fn sgi_to_another_cpu() {
     // SAFETY: SGI 6 to CPU 1 (TargetList bit 1).
