@@ -156,6 +156,15 @@ pub fn primary_main(x0: u64) -> ! {
         exit(ExitStatus::Failure);
     };
     let guest_ram = guest_ram(first_bank);
+    if let Some(ram) = guest_ram
+        && ram.end() < first_bank.end()
+    {
+        defmt::warn!(
+            "guest RAM limited to {=u64} MiB (the SMMU stage-2 pools are sized for it); {=u64} MiB of the bank unused",
+            ram.size >> 20,
+            (first_bank.end() - ram.end()) >> 20
+        );
+    }
     // Before the EL2 map replaces the initial one (which maps every device in the first GiB):
     // withheld devices are looked at once, to name what an operator attached to them.
     if command_line.guest.is_some() {
@@ -327,10 +336,16 @@ fn virtio_device_id(registers: PhysRange) -> Option<u32> {
     (window.read32(0)? == MAGIC && id != 0).then_some(id)
 }
 
-/// The guest's RAM: the first bank minus the hypervisor's carve-out, if anything is left.
+/// The guest's RAM: the first bank minus the hypervisor's carve-out, at most
+/// [`MAX_GUEST_RAM`](crate::layout::MAX_GUEST_RAM), if anything is left.
 fn guest_ram(bank: PhysRange) -> Option<PhysRange> {
     let start = bank.base.get().checked_add(HYPERVISOR_CARVE_OUT)?;
-    (bank.end() > start + GUEST_BOOT_WINDOW_SIZE).then(|| PhysRange::new(start, bank.end() - start))
+    (bank.end() > start + GUEST_BOOT_WINDOW_SIZE).then(|| {
+        PhysRange::new(
+            start,
+            (bank.end() - start).min(crate::layout::MAX_GUEST_RAM),
+        )
+    })
 }
 
 /// Self-tests that prove the hypervisor's own protections, selected by `hyp.selftest=NAME`.

@@ -28,15 +28,12 @@ use aarch64_paging::{
     paging::{Constraints, El2, MemoryRegion},
 };
 use board::guest_devices::{GuestDevicePlan, GuestMapping};
-use board::{GuestTreeEdits, IpaRange, build_guest_tree};
+use board::{GuestTreeEdits, IpaRange, SmmuInterruptName, VirtualSmmuNode, build_guest_tree};
 use smmu::PhysRange;
 
 /// Tables for the guest's CPU stage 2: a few per device hole plus 2 MiB-block RAM.
 const GUEST_STAGE2_POOL_PAGES: usize = 64;
 static GUEST_STAGE2_TABLES: StaticFrames<GUEST_STAGE2_POOL_PAGES> = StaticFrames::new();
-/// Tables for the SMMU's stage 2 of the guest's devices: RAM only, in 2 MiB blocks.
-const SMMU_STAGE2_POOL_PAGES: usize = 16;
-static SMMU_STAGE2_TABLES: StaticFrames<SMMU_STAGE2_POOL_PAGES> = StaticFrames::new();
 
 /// Everything needed to boot the guest.
 #[allow(
@@ -108,6 +105,7 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
 
     let tree_size = write_guest_tree(&boot);
     close_boot_window(boot.el2_map, ram.base.get());
+    open_guest_ram_alias(boot.el2_map, ram);
     defmt::info!(
         "guest device tree: {=usize} bytes at {=u64:#x}",
         tree_size,
@@ -123,13 +121,14 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
     let mut devices: heapless::Vec<PhysRange, { stage2::MAX_STAGE2_REGIONS }> =
         heapless::Vec::new();
     let mut registry = MmioRegistry::new();
+    let vsmmu_interrupts = crate::vsmmu::VsmmuInterrupts::from_platform(&platform.smmu.interrupts);
     let gic = match crate::interrupts::set_up(
         platform.gic.distributor,
         platform.gic.redistributors,
         &platform.smmu.interrupts,
         crate::arch::sysreg::cpu_affinity(),
         vcpus,
-        &[],
+        &vsmmu_interrupts.intids().collect::<heapless::Vec<u32, 4>>(),
     ) {
         Ok(gic) => gic,
         Err(error) => {
@@ -217,7 +216,10 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
         GUEST_VMID
     );
 
-    confine_guest_devices(&guest_platform, discovered);
+    let vsmmu = set_up_vsmmu(&boot, discovered, vsmmu_interrupts);
+    if registry.register(vsmmu.registers, vsmmu.device).is_err() {
+        fail("vSMMU register window");
+    }
 
     crate::vm::set_vm(
         VmConfig {
@@ -242,7 +244,7 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
         el2_tables,
         boot_tree,
         ("guest stage-2 tables (CPU)", GUEST_STAGE2_TABLES.range()),
-        ("guest stage-2 tables (SMMU)", SMMU_STAGE2_TABLES.range()),
+        ("guest stage-2 tables (SMMU)", crate::vsmmu::stage2_tables()),
     ]);
     match kind {
         GuestKind::Linux { .. } => defmt::info!(
@@ -270,7 +272,36 @@ fn write_guest_tree(boot: &GuestBoot<'_>) -> usize {
     let ram = boot.ram;
     let memory = [IpaRange::new(ram.base.get(), ram.size)];
     let removed = boot.devices.removed_paths();
-    let mut edits = GuestTreeEdits::new(&memory).remove(&removed);
+    let smmu = &boot.platform.smmu;
+    let mut interrupts: heapless::Vec<(SmmuInterruptName, board::Interrupt), 4> =
+        heapless::Vec::new();
+    // No `priq`: the vSMMU advertises no PRI on a physical SMMU without it.
+    for (name, line) in [
+        (SmmuInterruptName::EventQueue, smmu.interrupts.eventq),
+        (SmmuInterruptName::GlobalError, smmu.interrupts.gerror),
+        (SmmuInterruptName::CommandSync, smmu.interrupts.cmdq_sync),
+    ] {
+        if let Some(line) = line {
+            let _ = interrupts.push((name, line));
+        }
+    }
+    let iommu_map = [board::IommuMapEntry {
+        rid_base: 0,
+        sid_base: smmu::StreamId(0),
+        length: crate::vsmmu::VSMMU_STREAMS as u32,
+    }];
+    let node = VirtualSmmuNode {
+        registers: IpaRange::new(
+            smmu.registers.base.get(),
+            nested::config::REGISTER_WINDOW_SIZE,
+        ),
+        interrupts: &interrupts,
+        iommu_map: &iommu_map,
+        iommu_map_mask: None,
+    };
+    let mut edits = GuestTreeEdits::new(&memory)
+        .remove(&removed)
+        .virtual_smmu(&node);
     if !boot.command_line.guest_args.is_empty() {
         edits = edits.bootargs(boot.command_line.guest_args);
     }
@@ -317,13 +348,47 @@ fn close_boot_window(map: &mut Mapping<PagePool, El2>, base: u64) {
     crate::arch::sysreg::invalidate_el2_tlb();
 }
 
-/// Gives every stream ID of the guest's PCIe host a stage-2-only STE over the SMMU's stage 2
-/// for the guest: the guest's devices reach the guest's RAM and the MSI doorbell, nothing else. Until
-/// the virtual SMMU exists, this is what a guest's "DMA" means, as pKVM does for its host.
-fn confine_guest_devices(guest_platform: &GuestPlatform<'_>, discovered: &board::Discovered<'_>) {
+/// Maps guest RAM at its alias in the EL2 map (read-write, execute-never; see
+/// `crate::guest_memory`): the only way the hypervisor reaches guest RAM after boot.
+fn open_guest_ram_alias(map: &mut Mapping<PagePool, El2>, ram: PhysRange) {
+    let regions = crate::layout::Regions::new();
+    let alias = match crate::layout::guest_ram_alias(ram, &regions) {
+        Ok(alias) => alias,
+        Err(error) => {
+            defmt::error!("guest RAM alias: {}", error);
+            fail("guest RAM alias");
+        }
+    };
+    let (Ok(start), Ok(size), Ok(physical)) = (
+        usize::try_from(alias.range.base.get()),
+        usize::try_from(alias.range.size),
+        usize::try_from(ram.base.get()),
+    ) else {
+        fail("guest RAM alias");
+    };
+    if map
+        .map_range(
+            &MemoryRegion::new(start, start + size),
+            PhysicalAddress(physical),
+            alias.kind.attributes(),
+            Constraints::empty(),
+        )
+        .is_err()
+    {
+        fail("could not map the guest RAM alias");
+    }
+    crate::arch::sysreg::invalidate_el2_tlb();
+}
+
+/// The guest's SMMU: its stage 2 (a `smmu::domain` over guest RAM), every stream of its PCIe
+/// host confined to it, and the vSMMU over the first bus's streams (`crate::vsmmu`).
+fn set_up_vsmmu(
+    boot: &GuestBoot<'_>,
+    discovered: &board::Discovered<'_>,
+    interrupts: crate::vsmmu::VsmmuInterrupts,
+) -> crate::vsmmu::VsmmuSetup {
     let Some(pcie) = discovered.pcie.as_ref() else {
-        defmt::info!("no PCIe host: no guest streams to confine");
-        return;
+        fail("no PCIe host: the vSMMU has no streams");
     };
     let streams = match pcie.stream_id_range() {
         Ok(streams) => streams,
@@ -332,42 +397,33 @@ fn confine_guest_devices(guest_platform: &GuestPlatform<'_>, discovered: &board:
             fail("stream IDs");
         }
     };
-    let regions = match stage2::dma_regions(guest_platform) {
-        Ok(regions) => regions,
-        Err(error) => {
-            defmt::error!("SMMU stage 2 refused: {}", error);
-            fail("SMMU stage 2");
-        }
-    };
-    let Some(pool) = SMMU_STAGE2_TABLES.take() else {
-        fail("SMMU stage-2 pool already taken")
-    };
-    let map = match stage2::build(pool, &regions) {
-        Ok(map) => map,
-        Err(error) => {
-            defmt::error!("SMMU stage 2: {}", error);
-            fail("SMMU stage 2");
-        }
-    };
-    let root = smmu::PhysAddr(map.root_address().0 as u64);
-    match crate::arch::smmu::confine_streams(
-        streams.first,
-        streams.last,
-        root,
-        smmu::Vmid(GUEST_VMID),
+    match crate::vsmmu::set_up(
+        boot.ram,
+        boot.hypervisor_carve_out,
+        (streams.first, streams.last),
+        boot.platform.smmu.registers,
+        interrupts,
+        GUEST_VMID,
     ) {
-        Ok(count) => defmt::info!(
-            "SMMU: {=u32} guest streams {=u32:#x} to {=u32:#x} translate through stage 2 (guest RAM only, VMID {=u16})",
-            count,
-            streams.first.get(),
-            streams.last.get(),
-            GUEST_VMID
-        ),
+        Ok(setup) => {
+            defmt::info!(
+                "SMMU: {=u32} guest streams {=u32:#x} to {=u32:#x} translate through stage 2 (guest RAM only, VMID {=u16})",
+                setup.confined,
+                streams.first.get(),
+                streams.last.get(),
+                GUEST_VMID
+            );
+            defmt::info!(
+                "vSMMU at {=u64:#x}: streams {=u32:#x} to {=u32:#x} (guest stream ID = physical), nested over that stage 2",
+                setup.registers.base.0,
+                setup.owned.0.get(),
+                setup.owned.1.get()
+            );
+            setup
+        }
         Err(error) => {
-            defmt::error!("SMMU: confining guest streams: {}", error);
-            fail("SMMU stream table");
+            defmt::error!("vSMMU: {}", error);
+            fail("vSMMU");
         }
     }
-    // The SMMU walks this table for as long as the guest runs: it is never dropped.
-    core::mem::forget(map);
 }

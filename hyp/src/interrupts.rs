@@ -43,6 +43,9 @@ const HYPERVISOR_PRIORITY: u8 = 0x80;
 const PER_EXCEPTION: usize = 8;
 /// SMMU event records handled per interrupt or timer tick.
 const EVENTS_PER_RUN: u32 = 256;
+/// How soon the EL2 timer continues work a trap left (the vSMMU's commands beyond one trap's
+/// budget), in microseconds.
+const WORK_DELAY_MICROS: u64 = 50;
 
 /// GIC register offsets the hypervisor programs.
 mod gicd {
@@ -442,11 +445,29 @@ fn handle_own(setup: &Setup, cpu: ThisCpu, intid: u32) {
             hw::disarm_el2_timer();
         }
         // Events left over (more than one run's budget) are taken on a deadline 1 ms on.
-        if crate::arch::smmu::drain_events(EVENTS_PER_RUN) {
-            let (now, frequency) = crate::arch::sysreg::counter();
-            hw::arm_el2_timer(now + frequency / 1000);
+        if crate::arch::smmu::drain_events(EVENTS_PER_RUN, crate::vsmmu::offer_event) {
+            arm_in(1000);
+        }
+        // Work a vSMMU trap left (its budget spent) continues here, a budget at a time.
+        if intid == EL2_TIMER && crate::vsmmu::run_pending() {
+            arm_in(WORK_DELAY_MICROS);
         }
     }
+}
+
+/// Arms this CPU's EL2 timer `micros` from now, unless it is already armed sooner (every job
+/// the timer serves is looked at each time it fires).
+fn arm_in(micros: u64) {
+    let (now, frequency) = crate::arch::sysreg::counter();
+    let deadline = now.saturating_add(frequency.saturating_mul(micros) / 1_000_000);
+    if hw::el2_timer_deadline().is_none_or(|armed| armed > deadline) {
+        hw::arm_el2_timer(deadline);
+    }
+}
+
+/// Asks for the EL2 timer soon on this CPU, to continue work a trap left.
+pub fn request_work_soon() {
+    arm_in(WORK_DELAY_MICROS);
 }
 
 /// Sends the guest's SGI `intid` to CPU `mpidr` (a guest CPU: the trap path checked).

@@ -32,6 +32,20 @@ pub const HYPERVISOR_CARVE_OUT: u64 = 32 << 20;
 /// The guest boot window's size: the guest's device tree goes there.
 pub const GUEST_BOOT_WINDOW_SIZE: u64 = 2 << 20;
 
+/// The most RAM a guest is given: the SMMU's stage-2 tables and DMA pin counts for its RAM are
+/// static, sized at build time for this much (see `crate::vsmmu`). RAM beyond it is left out of
+/// the guest's device tree and both stage 2s.
+pub const MAX_GUEST_RAM: u64 = 2 << 30;
+
+/// Where guest RAM appears in the EL2 map, after boot: at its physical address plus this
+/// offset (a whole number of GiB, so block mappings stay possible), read-write and
+/// execute-never. The identity map still leaves guest RAM out, so a stray identity pointer
+/// faults; only `crate::guest_memory` computes addresses in the alias.
+pub const GUEST_RAM_ALIAS_OFFSET: u64 = 0x30_0000_0000;
+
+/// The name of the guest RAM alias's region.
+pub const GUEST_RAM_ALIAS: &str = "guest RAM alias";
+
 /// Root level of the EL2 table: with the 4 KiB granule and T0SZ = 25 (512 GiB of VA, what
 /// `aarch64-rt` programs into TCR_EL2), the walk starts at level 1. 512 GiB reaches QEMU virt's
 /// high PCIe ECAM at 0x40_1000_0000.
@@ -284,6 +298,37 @@ fn push(
         .map_err(|_| LayoutError::OutOfRange(name))
 }
 
+/// The guest RAM alias for `ram`: the virtual addresses [`GUEST_RAM_ALIAS_OFFSET`] above it,
+/// read-write and execute-never, checked against the identity `regions` (no shared page) and
+/// the EL2 address space.
+///
+/// # Errors
+///
+/// [`LayoutError::OutOfRange`] if the alias passes [`VA_LIMIT`] or `ram` is not page-aligned;
+/// [`LayoutError::Overlap`] if it meets an identity region.
+pub fn guest_ram_alias(ram: PhysRange, regions: &Regions) -> Result<Region, LayoutError> {
+    if !ram.base.is_aligned(PAGE_SIZE) || !ram.size.is_multiple_of(PAGE_SIZE) || ram.size == 0 {
+        return Err(LayoutError::OutOfRange(GUEST_RAM_ALIAS));
+    }
+    let start = ram
+        .base
+        .get()
+        .checked_add(GUEST_RAM_ALIAS_OFFSET)
+        .ok_or(LayoutError::OutOfRange(GUEST_RAM_ALIAS))?;
+    let alias = PhysRange::new(start, ram.size);
+    if start.checked_add(ram.size).is_none_or(|end| end > VA_LIMIT) {
+        return Err(LayoutError::OutOfRange(GUEST_RAM_ALIAS));
+    }
+    if let Some(other) = regions.iter().find(|r| r.range.overlaps(&alias)) {
+        return Err(LayoutError::Overlap(GUEST_RAM_ALIAS, other.name));
+    }
+    Ok(Region {
+        name: GUEST_RAM_ALIAS,
+        range: alias,
+        kind: RegionKind::ReadWrite,
+    })
+}
+
 /// Builds the identity map of `regions` with tables from `pool`.
 ///
 /// The result is not yet active: the caller installs it in TTBR0_EL2 and invalidates the TLB.
@@ -486,6 +531,38 @@ mod tests {
             el2_regions(&image(), &w, &[]),
             Err(LayoutError::OutOfRange("log UART"))
         );
+    }
+
+    #[test]
+    fn guest_ram_is_aliased_execute_never_away_from_every_identity_region() {
+        let regions = el2_regions(&image(), &windows(), &[]).unwrap();
+        let ram = PhysRange::new(0x4200_0000, MAX_GUEST_RAM);
+        let alias = guest_ram_alias(ram, &regions).unwrap();
+        assert_eq!(alias.range.base.get(), 0x30_4200_0000);
+        assert_eq!(alias.range.size, MAX_GUEST_RAM);
+        assert!(alias.kind.attributes().contains(El23Attributes::XN));
+        assert!(!alias.kind.attributes().contains(El23Attributes::READ_ONLY));
+        // Every identity region (QEMU virt's high ECAM included) is elsewhere.
+        let ecam = PhysRange::new(0x40_1000_0000, 0x1000_0000);
+        assert!(!alias.range.overlaps(&ecam));
+        // RAM whose alias would pass the EL2 address space, or meet a region, is refused.
+        assert_eq!(
+            guest_ram_alias(PhysRange::new(0x50_0000_0000, 0x4000_0000), &regions),
+            Err(LayoutError::OutOfRange(GUEST_RAM_ALIAS))
+        );
+        let mut crowded = regions.clone();
+        crowded
+            .push(Region {
+                name: "high device",
+                range: PhysRange::new(0x30_5000_0000, 0x1000),
+                kind: RegionKind::Device,
+            })
+            .unwrap();
+        assert_eq!(
+            guest_ram_alias(ram, &crowded),
+            Err(LayoutError::Overlap(GUEST_RAM_ALIAS, "high device"))
+        );
+        assert!(guest_ram_alias(PhysRange::new(0x4200_0800, 0x1000), &regions).is_err());
     }
 
     #[test]

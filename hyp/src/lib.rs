@@ -19,6 +19,7 @@
 pub mod cmdline;
 pub mod cpus;
 pub mod gic;
+pub mod guest_memory;
 pub mod integrity;
 pub mod layout;
 pub mod mmio;
@@ -44,6 +45,8 @@ pub mod interrupts;
 pub mod report;
 #[cfg(target_os = "none")]
 pub mod vm;
+#[cfg(target_os = "none")]
+pub mod vsmmu;
 // Issue 3 item 5: EL2 self-tests that own the SMMU and drive `edu` DMA (`hyp.selftest=...`).
 #[cfg(target_os = "none")]
 pub mod selftest;

@@ -10,8 +10,8 @@ pub fn end_run(reset: bool) -> ! {
         "guest asked for system {=str}",
         if reset { "reset" } else { "off" }
     );
-    crate::arch::smmu::drain_events(64);
-    crate::arch::smmu::report_events();
+    crate::arch::smmu::report_events(crate::vsmmu::offer_event);
+    crate::vsmmu::report();
     report_statistics();
     if !crate::integrity::check() {
         exit(ExitStatus::Failure);

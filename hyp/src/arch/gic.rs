@@ -194,3 +194,20 @@ pub fn disarm_el2_timer() {
         )
     };
 }
+
+/// The EL2 physical timer's deadline, if it is armed and has not fired.
+pub fn el2_timer_deadline() -> Option<u64> {
+    let (control, deadline): (u64, u64);
+    // SAFETY: reads of the hypervisor's own timer registers.
+    unsafe {
+        asm!(
+            "mrs {c}, cnthp_ctl_el2",
+            "mrs {d}, cnthp_cval_el2",
+            c = out(reg) control,
+            d = out(reg) deadline,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    // ENABLE set, ISTATUS clear.
+    (control & 0b101 == 0b001).then_some(deadline)
+}

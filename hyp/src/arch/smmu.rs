@@ -52,6 +52,14 @@ static STREAM_TABLE_L2: DmaBuffer<{ 256 * 16 * 1024 }> = DmaBuffer::new();
 static COMMAND_QUEUE: DmaBuffer<{ 64 * 1024 }> = DmaBuffer::new();
 /// Event queue: 1024 records.
 static EVENT_QUEUE: DmaBuffer<{ 32 * 1024 }> = DmaBuffer::new();
+/// The virtual SMMU's shadow CD tables: one 64-byte CD for each of 256 streams (QEMU's SMMU
+/// has no substreams). The SMMU reads them through the VM's stage 2 (a read-only window).
+static SHADOW_CDS: DmaBuffer<{ 256 * 64 }> = DmaBuffer::new();
+
+/// The shadow CD memory, once.
+pub fn take_shadow_cds() -> Option<StaticDma> {
+    SHADOW_CDS.take()
+}
 
 /// A region of the hypervisor's memory given to the SMMU.
 #[derive(Debug)]
@@ -195,25 +203,26 @@ pub enum ConfineError {
     Driver(smmu::driver::Error),
 }
 
-/// Gives every stream ID in `[first, last]` a stage-2-only entry over the table at `root`
-/// (geometry of [`crate::stage2`], VMID `vmid`): the guest's devices translate through the
-/// SMMU's stage 2 for the guest, and nothing else. Returns how many streams were confined.
+/// The physical SMMU's features, once it is up.
+pub fn features() -> Option<smmu::registers::Features> {
+    SMMU.lock().as_ref().map(|driver| *driver.features())
+}
+
+/// Gives every stream ID in `[first, last]` a stage-2-only entry over `translation` (the VM's
+/// SMMU stage 2): the guest's devices translate through the SMMU's stage 2 for the guest, and
+/// nothing else. Returns how many streams were confined.
 pub fn confine_streams(
     first: StreamId,
     last: StreamId,
-    root: PhysAddr,
-    vmid: smmu::Vmid,
+    translation: &smmu::entry::make::Stage2Translation,
 ) -> Result<u32, ConfineError> {
     use smmu::entry::PhysicalSte;
-    use smmu::entry::make::{Stage2Translation, make_stage2_ste};
+    use smmu::entry::make::make_stage2_ste;
     let mut guard = SMMU.lock();
     let Some(driver) = guard.as_mut() else {
         return Err(ConfineError::NotUp);
     };
-    let parameters = crate::stage2::smmu_stage2_parameters(root, vmid);
-    let translation =
-        Stage2Translation::new(parameters, driver.features()).map_err(ConfineError::Make)?;
-    let ste = PhysicalSte::check(make_stage2_ste(&translation)).map_err(ConfineError::Refused)?;
+    let ste = PhysicalSte::check(make_stage2_ste(translation)).map_err(ConfineError::Refused)?;
     // Fresh streams (V = 0 since reset) are given the entry together, with two range
     // invalidations in all; a live one would go through the hitless installer on its own.
     let report = driver
@@ -230,79 +239,109 @@ static STAGE2_READ_FAULTS: AtomicU64 = AtomicU64::new(0);
 static STAGE2_WRITE_FAULTS: AtomicU64 = AtomicU64::new(0);
 static OVERFLOWS: AtomicU64 = AtomicU64::new(0);
 static GLOBAL_ERRORS: AtomicU64 = AtomicU64::new(0);
+/// Events a virtual SMMU took for its guest.
+static FORWARDED: AtomicU64 = AtomicU64::new(0);
 
-/// Takes, with a budget, what the SMMU reported since the last call. Stage-2 faults are the
-/// hypervisor's own business (a device tried to reach memory outside its guest); until the
-/// virtual SMMU forwards stage-1 events, every event is logged (the first few) and counted.
+/// Records taken from the queue per lock hold: events are handed to `offer` (the virtual
+/// SMMU) with the SMMU's lock released, since the lock order is "vSMMU, then SMMU".
+const DRAIN_CHUNK: u32 = 32;
+
+/// Takes, with a budget, what the SMMU reported since the last call. Each event is first
+/// offered to `offer` (the virtual SMMU of the stream's VM, which forwards what is the
+/// guest's); what it does not take is the hypervisor's: stage-2 faults (a device tried to reach
+/// memory outside its guest) and events of streams no vSMMU owns are counted and logged (the
+/// first few of each kind).
 ///
 /// Returns whether records remain (the budget ran out).
-pub fn drain_events(budget: u32) -> bool {
-    let mut guard = SMMU.lock();
-    let Some(driver) = guard.as_mut() else {
-        return false;
-    };
-    let report = driver.drain_events(budget, |intake| {
-        // A guest makes its devices fault at will (a failed DMA reports once per 4 bytes):
-        // every line below is rate-limited, everything is counted.
-        match intake {
-            EventIntake::Event(event) => {
-                EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
-                if event.s2 {
-                    let faults = if event.rnw {
-                        &STAGE2_READ_FAULTS
-                    } else {
-                        &STAGE2_WRITE_FAULTS
-                    };
-                    faults.fetch_add(1, Ordering::Relaxed);
+pub fn drain_events(budget: u32, mut offer: impl FnMut(&smmu::event::Event) -> bool) -> bool {
+    let mut left = budget;
+    loop {
+        let chunk = left.min(DRAIN_CHUNK);
+        let mut events: heapless::Vec<smmu::event::Event, { DRAIN_CHUNK as usize }> =
+            heapless::Vec::new();
+        let more = {
+            let mut guard = SMMU.lock();
+            let Some(driver) = guard.as_mut() else {
+                return false;
+            };
+            let report = driver.drain_events(chunk, |intake| match intake {
+                EventIntake::Event(event) => {
+                    EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
+                    let _ = events.push(event);
                 }
-                if stats::noise(GuestNoise::SmmuEvent) {
-                    defmt::warn!(
-                        "SMMU event {} stream {=u32:#x} {=str}{=str} at {=u64:#x}",
-                        event.id,
-                        event.sid.get(),
-                        if event.rnw { "read" } else { "write" },
-                        if event.s2 { " (stage 2)" } else { "" },
-                        event.input_addr.get()
-                    );
+                EventIntake::Undecodable { record, error } => {
+                    EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
+                    if stats::noise(GuestNoise::SmmuUndecodableEvent) {
+                        defmt::warn!(
+                            "SMMU event undecodable ({}): {=[?]:#x}",
+                            error,
+                            record.words()
+                        )
+                    }
                 }
-            }
-            EventIntake::Undecodable { record, error } => {
-                EVENTS_SEEN.fetch_add(1, Ordering::Relaxed);
-                if stats::noise(GuestNoise::SmmuUndecodableEvent) {
-                    defmt::warn!(
-                        "SMMU event undecodable ({}): {=[?]:#x}",
-                        error,
-                        record.words()
-                    )
+                EventIntake::Overflowed => {
+                    OVERFLOWS.fetch_add(1, Ordering::Relaxed);
+                    if stats::noise(GuestNoise::SmmuEventsLost) {
+                        defmt::warn!("SMMU event queue overflowed: events were lost")
+                    }
                 }
-            }
-            EventIntake::Overflowed => {
-                OVERFLOWS.fetch_add(1, Ordering::Relaxed);
-                if stats::noise(GuestNoise::SmmuEventsLost) {
-                    defmt::warn!("SMMU event queue overflowed: events were lost")
+            });
+            let _ = driver.handle_global_errors(|error| {
+                GLOBAL_ERRORS.fetch_add(1, Ordering::Relaxed);
+                if stats::noise(GuestNoise::SmmuGlobalError) {
+                    defmt::error!("SMMU global error: {}", error)
                 }
+            });
+            report.is_ok_and(|report| report.remaining != 0)
+        };
+        for event in &events {
+            if offer(event) {
+                FORWARDED.fetch_add(1, Ordering::Relaxed);
+            } else {
+                keep_event(event);
             }
         }
-    });
-    let _ = driver.handle_global_errors(|error| {
-        GLOBAL_ERRORS.fetch_add(1, Ordering::Relaxed);
-        if stats::noise(GuestNoise::SmmuGlobalError) {
-            defmt::error!("SMMU global error: {}", error)
+        left -= chunk;
+        if !more || left == 0 {
+            return more;
         }
-    });
-    report.is_ok_and(|report| report.remaining != 0)
+    }
+}
+
+/// An event the hypervisor keeps: counted, and logged within the rate limit (a guest makes its
+/// devices fault at will, a failed DMA reporting once per 4 bytes).
+fn keep_event(event: &smmu::event::Event) {
+    if event.s2 {
+        let faults = if event.rnw {
+            &STAGE2_READ_FAULTS
+        } else {
+            &STAGE2_WRITE_FAULTS
+        };
+        faults.fetch_add(1, Ordering::Relaxed);
+    }
+    if stats::noise(GuestNoise::SmmuEvent) {
+        defmt::warn!(
+            "SMMU event {} stream {=u32:#x} {=str}{=str} at {=u64:#x}",
+            event.id,
+            event.sid.get(),
+            if event.rnw { "read" } else { "write" },
+            if event.s2 { " (stage 2)" } else { "" },
+            event.input_addr.get()
+        );
+    }
 }
 
 /// Takes what is left in the event queue (at most one queue's worth), then logs the counts.
-pub fn report_events() {
+pub fn report_events(offer: impl FnMut(&smmu::event::Event) -> bool) {
     let entries = SMMU
         .lock()
         .as_ref()
         .map_or(0, PhysicalSmmu::event_queue_entries);
-    let _ = drain_events(entries);
+    let _ = drain_events(entries, offer);
     defmt::info!(
-        "SMMU events: {=u64} in all, {=u64} stage-2 read faults, {=u64} stage-2 write faults, {=u64} overflows, {=u64} global errors",
+        "SMMU events: {=u64} in all, {=u64} forwarded to a guest, {=u64} stage-2 read faults, {=u64} stage-2 write faults, {=u64} overflows, {=u64} global errors",
         EVENTS_SEEN.load(Ordering::Relaxed),
+        FORWARDED.load(Ordering::Relaxed),
         STAGE2_READ_FAULTS.load(Ordering::Relaxed),
         STAGE2_WRITE_FAULTS.load(Ordering::Relaxed),
         OVERFLOWS.load(Ordering::Relaxed),

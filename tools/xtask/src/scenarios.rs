@@ -185,8 +185,9 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "test-guest-is-contained",
         description: "the bare-metal test guest boots at EL1 under stage 2 with 2 vCPUs: its RAM works; \
-                      the hypervisor's memory, UART and SMMU, and an ISV=0 access, give it external \
-                      aborts; an unknown hypercall returns NOT_SUPPORTED; an IMPDEF register is \
+                      the hypervisor's memory and UART, and an ISV=0 access, give it external aborts; \
+                      the SMMU's address holds its virtual SMMU (stage 1 only); \
+                      an unknown hypercall returns NOT_SUPPORTED; an IMPDEF register is \
                       UNDEFINED; PSCI is proxied; edu DMA reaches its RAM, its small reads of the \
                       hypervisor's device tree and image bring back zeros and its writes there are \
                       stopped (exact fault counts, no overflow); every DMA path around the SMMU is \
@@ -203,7 +204,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             "GUEST: PASS hypervisor-image-aborts",
             "GUEST: PASS hypervisor-dtb-aborts",
             "GUEST: PASS hypervisor-uart-aborts",
-            "GUEST: PASS smmu-registers-abort",
+            "GUEST: PASS smmu-registers-are-virtual",
             "GUEST: PASS isv0-access-aborts",
             "GUEST: PASS its-withheld-aborts",
             "GUEST: PASS unknown-hypercall-not-supported",
@@ -248,10 +249,11 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             ("{} stage-2 write faults", Count::Exactly(34)),
             ("{} overflows", Count::Exactly(0)),
             ("{} global errors", Count::Exactly(0)),
-            // The LPI check's 11 redistributor and 2 distributor accesses, all emulated.
-            ("exits: MmioHandled {}", Count::Exactly(13)),
-            // 6 named checks, 2 fw_cfg registers, 32 virtio-mmio probes and 16 register writes.
-            ("exits: ExternalAbortInjected {}", Count::Exactly(56)),
+            // The LPI check's 11 redistributor and 2 distributor accesses, all emulated, and
+            // the vSMMU's IDR0.
+            ("exits: MmioHandled {}", Count::Exactly(14)),
+            // 5 named checks, 2 fw_cfg registers, 32 virtio-mmio probes and 16 register writes.
+            ("exits: ExternalAbortInjected {}", Count::Exactly(55)),
             ("exits: UndefinedInjected {}", Count::Exactly(1)),
             ("exits: UnsupportedCall {}", Count::Exactly(2)),
         ],
@@ -282,8 +284,9 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
                       enabled and never arrives; an SGI it aims at the other CPU is refused; edu's level-sensitive interrupt arrives twice (so the guest's end deactivated the \
                       physical one); it writes every distributor and redistributor register that could \
                       disable, retarget, reprioritise, regroup, pend or activate the hypervisor's \
-                      interrupts (the SMMU's SPIs, the maintenance interrupt, the EL2 timer) and \
-                      reads them back as unimplemented; then, with every interrupt masked at its \
+                      interrupts: the maintenance interrupt and the EL2 timer read back as \
+                      unimplemented, the SMMU's SPIs as its vSMMU's virtual SPIs (its own state, \
+                      Group 0, level and a foreign route refused); then, with every interrupt masked at its \
                       CPU interface and the distributor it sees disabled, it makes edu DMA fault \
                       and spins without a trap: the hypervisor reports the SMMU event before the \
                       guest's next call",
