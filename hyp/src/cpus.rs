@@ -138,7 +138,9 @@ pub mod start {
     use core::arch::asm;
     use core::sync::atomic::{AtomicU64, Ordering};
 
-    const SECONDARY_STACK_PAGES: usize = 8;
+    /// The trap path's deepest frames are the vSMMU's (PASID release and PRI answers take
+    /// 5 to 8 KiB each): 64 KiB leaves a wide margin, and the guard below catches the rest.
+    const SECONDARY_STACK_PAGES: usize = 16;
 
     /// A stack with a page below it that the EL2 map leaves unmapped: an overflow faults.
     /// (`aarch64-rt` keeps the entry closure at the bottom of the stack itself, so the guard

@@ -33,8 +33,10 @@ mod image {
         InitialPagetable(table)
     });
 
-    // 32 pages (128 KiB), the lowest of which is an unmapped guard once the EL2 map is on.
-    entry!(start, 32);
+    // 64 pages (256 KiB), the lowest of which is an unmapped guard once the EL2 map is on. Boot
+    // builds the vSMMU (`nested::VirtualSmmu::new` alone has a 59 KiB frame, and the value is
+    // moved into its static); 128 KiB overflowed into the guard page.
+    entry!(start, 64);
 
     fn start(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
         hyp::boot::primary_main(x0)

@@ -455,6 +455,23 @@ pub fn report() {
         c.continuations,
         c.physical_failures
     );
+    for register in nested::registers::VirtualRegister::ALL {
+        let (reads, writes) = (
+            c.register_reads.get(register.index()).copied().unwrap_or(0),
+            c.register_writes
+                .get(register.index())
+                .copied()
+                .unwrap_or(0),
+        );
+        if reads != 0 || writes != 0 {
+            defmt::info!(
+                "vSMMU: {=str}: {=u64} reads, {=u64} writes",
+                register.name(),
+                reads,
+                writes
+            );
+        }
+    }
     for (opcode, count) in c.commands_by_opcode() {
         defmt::info!("vSMMU: command {=u8:#04x}: {=u64}", opcode, count);
     }

@@ -2,8 +2,13 @@
 //!
 //! This module owns the bounded table (at most `STREAMS` entries, fixed at construction) and
 //! the per-stream bookkeeping the shadow code updates: what the physical STE holds now, what
-//! the guest's last-read STE asks for, and which CDs must be read again. Lookups are linear
-//! scans of a table of a few entries; nothing here reads guest memory.
+//! the guest's last-read STE asks for, and which CDs must be read again. Nothing here reads
+//! guest memory.
+//!
+//! Every trap looks things up here, so lookups do not scan the table: stream IDs are found by
+//! binary search in two sorted indexes built when the streams are assigned (at construction),
+//! and "is any stream dirty" is answered at once unless a stream was handed out for change
+//! since the last scan that found none.
 
 use smmu::ste::{Eats, S1Dss};
 use smmu::{StreamId, VirtualStreamId};
@@ -80,18 +85,43 @@ impl Stream {
 #[derive(Clone, Debug)]
 pub(crate) struct Streams<const N: usize> {
     entries: heapless::Vec<Stream, N>,
+    /// (virtual stream ID, slot), sorted by ID.
+    by_virtual: heapless::Vec<(u32, u16), N>,
+    /// (physical stream ID, slot), sorted by ID.
+    by_physical: heapless::Vec<(u32, u16), N>,
+    /// Some stream may be dirty: set whenever one is handed out mutably, cleared by a scan
+    /// that finds none.
+    maybe_dirty: core::cell::Cell<bool>,
 }
 
 impl<const N: usize> Streams<N> {
     pub(crate) const fn new() -> Self {
         Self {
             entries: heapless::Vec::new(),
+            by_virtual: heapless::Vec::new(),
+            by_physical: heapless::Vec::new(),
+            maybe_dirty: core::cell::Cell::new(false),
         }
     }
 
-    /// Adds a stream; false if full.
+    /// Adds a stream (at construction: the indexes are kept sorted by insertion); false if
+    /// full.
     pub(crate) fn push(&mut self, stream: Stream) -> bool {
-        self.entries.push(stream).is_ok()
+        let Ok(slot) = u16::try_from(self.entries.len()) else {
+            return false;
+        };
+        let (vsid, psid) = (stream.vsid.0, stream.psid.0);
+        if self.entries.push(stream).is_err() {
+            return false;
+        }
+        self.maybe_dirty.set(true);
+        for (index, id) in [(&mut self.by_virtual, vsid), (&mut self.by_physical, psid)] {
+            let at = index.partition_point(|&(other, _)| other < id);
+            if index.insert(at, (id, slot)).is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -103,6 +133,7 @@ impl<const N: usize> Streams<N> {
     }
 
     pub(crate) fn get_mut(&mut self, slot: usize) -> Option<&mut Stream> {
+        self.maybe_dirty.set(true);
         self.entries.get_mut(slot)
     }
 
@@ -111,17 +142,26 @@ impl<const N: usize> Streams<N> {
     }
 
     pub(crate) fn iter_mut(&mut self) -> core::slice::IterMut<'_, Stream> {
+        self.maybe_dirty.set(true);
         self.entries.iter_mut()
     }
 
     /// The slot of virtual stream `vsid`, if the VM owns it.
     pub(crate) fn slot_of_virtual(&self, vsid: VirtualStreamId) -> Option<usize> {
-        self.entries.iter().position(|s| s.vsid == vsid)
+        Self::find(&self.by_virtual, vsid.0)
     }
 
     /// The slot of physical stream `psid`, if the VM owns it.
     pub(crate) fn slot_of_physical(&self, psid: StreamId) -> Option<usize> {
-        self.entries.iter().position(|s| s.psid == psid)
+        Self::find(&self.by_physical, psid.0)
+    }
+
+    fn find(index: &[(u32, u16)], id: u32) -> Option<usize> {
+        index
+            .binary_search_by_key(&id, |&(other, _)| other)
+            .ok()
+            .and_then(|at| index.get(at))
+            .map(|&(_, slot)| usize::from(slot))
     }
 
     /// The physical stream of `vsid`, if the VM owns it.
@@ -133,6 +173,54 @@ impl<const N: usize> Streams<N> {
 
     /// The first slot with shadow work outstanding.
     pub(crate) fn first_dirty(&self) -> Option<usize> {
-        self.entries.iter().position(Stream::is_dirty)
+        if !self.maybe_dirty.get() {
+            return None;
+        }
+        let found = self.entries.iter().position(Stream::is_dirty);
+        if found.is_none() {
+            self.maybe_dirty.set(false);
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_find_every_stream_by_either_id_in_any_assignment_order() {
+        let mut streams = Streams::<8>::new();
+        let pairs = [(7, 0x300), (1, 0x10), (5, 0x8), (3, 0x200)];
+        for (vsid, psid) in pairs {
+            assert!(streams.push(Stream::new(VirtualStreamId(vsid), StreamId(psid))));
+        }
+        for (slot, (vsid, psid)) in pairs.into_iter().enumerate() {
+            assert_eq!(streams.slot_of_virtual(VirtualStreamId(vsid)), Some(slot));
+            assert_eq!(streams.slot_of_physical(StreamId(psid)), Some(slot));
+            assert_eq!(
+                streams.physical(VirtualStreamId(vsid)),
+                Some(StreamId(psid))
+            );
+        }
+        assert_eq!(streams.slot_of_virtual(VirtualStreamId(2)), None);
+        assert_eq!(streams.slot_of_physical(StreamId(7)), None);
+    }
+
+    #[test]
+    fn a_stream_changed_through_any_handle_is_found_dirty_again() {
+        let mut streams = Streams::<4>::new();
+        assert!(streams.push(Stream::new(VirtualStreamId(0), StreamId(0))));
+        assert!(streams.push(Stream::new(VirtualStreamId(1), StreamId(1))));
+        assert_eq!(streams.first_dirty(), Some(0), "new streams are dirty");
+        for stream in streams.iter_mut() {
+            stream.dirty_ste = false;
+        }
+        assert_eq!(streams.first_dirty(), None);
+        assert_eq!(streams.first_dirty(), None, "answered without a scan");
+        if let Some(stream) = streams.get_mut(1) {
+            stream.dirty_cds = 1;
+        }
+        assert_eq!(streams.first_dirty(), Some(1));
     }
 }

@@ -88,6 +88,95 @@ impl VirtualRegister {
     /// How many there are, for counters.
     pub const COUNT: usize = 39;
 
+    /// Every register, in index order.
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::Idr0,
+        Self::Idr1,
+        Self::Idr2,
+        Self::Idr3,
+        Self::Idr4,
+        Self::Idr5,
+        Self::Iidr,
+        Self::Aidr,
+        Self::Cr0,
+        Self::Cr0Ack,
+        Self::Cr1,
+        Self::Cr2,
+        Self::Statusr,
+        Self::Gbpa,
+        Self::IrqCtrl,
+        Self::IrqCtrlAck,
+        Self::Gerror,
+        Self::Gerrorn,
+        Self::GerrorIrqCfg0,
+        Self::GerrorIrqCfg1,
+        Self::GerrorIrqCfg2,
+        Self::StrtabBase,
+        Self::StrtabBaseCfg,
+        Self::CmdqBase,
+        Self::CmdqProd,
+        Self::CmdqCons,
+        Self::EvtqBase,
+        Self::EvtqProd,
+        Self::EvtqCons,
+        Self::EvtqIrqCfg0,
+        Self::EvtqIrqCfg1,
+        Self::EvtqIrqCfg2,
+        Self::PriqBase,
+        Self::PriqProd,
+        Self::PriqCons,
+        Self::PriqIrqCfg0,
+        Self::PriqIrqCfg1,
+        Self::PriqIrqCfg2,
+        Self::Reserved,
+    ];
+
+    /// The architecture's name (without the `SMMU_` prefix), for reports.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Idr0 => "IDR0",
+            Self::Idr1 => "IDR1",
+            Self::Idr2 => "IDR2",
+            Self::Idr3 => "IDR3",
+            Self::Idr4 => "IDR4",
+            Self::Idr5 => "IDR5",
+            Self::Iidr => "IIDR",
+            Self::Aidr => "AIDR",
+            Self::Cr0 => "CR0",
+            Self::Cr0Ack => "CR0ACK",
+            Self::Cr1 => "CR1",
+            Self::Cr2 => "CR2",
+            Self::Statusr => "STATUSR",
+            Self::Gbpa => "GBPA",
+            Self::IrqCtrl => "IRQ_CTRL",
+            Self::IrqCtrlAck => "IRQ_CTRLACK",
+            Self::Gerror => "GERROR",
+            Self::Gerrorn => "GERRORN",
+            Self::GerrorIrqCfg0 => "GERROR_IRQ_CFG0",
+            Self::GerrorIrqCfg1 => "GERROR_IRQ_CFG1",
+            Self::GerrorIrqCfg2 => "GERROR_IRQ_CFG2",
+            Self::StrtabBase => "STRTAB_BASE",
+            Self::StrtabBaseCfg => "STRTAB_BASE_CFG",
+            Self::CmdqBase => "CMDQ_BASE",
+            Self::CmdqProd => "CMDQ_PROD",
+            Self::CmdqCons => "CMDQ_CONS",
+            Self::EvtqBase => "EVENTQ_BASE",
+            Self::EvtqProd => "EVENTQ_PROD",
+            Self::EvtqCons => "EVENTQ_CONS",
+            Self::EvtqIrqCfg0 => "EVENTQ_IRQ_CFG0",
+            Self::EvtqIrqCfg1 => "EVENTQ_IRQ_CFG1",
+            Self::EvtqIrqCfg2 => "EVENTQ_IRQ_CFG2",
+            Self::PriqBase => "PRIQ_BASE",
+            Self::PriqProd => "PRIQ_PROD",
+            Self::PriqCons => "PRIQ_CONS",
+            Self::PriqIrqCfg0 => "PRIQ_IRQ_CFG0",
+            Self::PriqIrqCfg1 => "PRIQ_IRQ_CFG1",
+            Self::PriqIrqCfg2 => "PRIQ_IRQ_CFG2",
+            Self::Reserved => "reserved",
+        }
+    }
+
     /// A dense index for counters.
     #[must_use]
     pub const fn index(self) -> usize {
@@ -841,6 +930,17 @@ const fn low32(value: u64) -> u32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_register_is_listed_once_in_index_order_with_a_name() {
+        for (index, register) in VirtualRegister::ALL.into_iter().enumerate() {
+            assert_eq!(register.index(), index);
+            assert!(!register.name().is_empty());
+        }
+        let (register, _) = VirtualRegister::at(0x98);
+        assert_eq!(register.name(), "CMDQ_PROD");
+    }
+
     use super::*;
 
     #[test]

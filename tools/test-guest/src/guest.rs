@@ -473,7 +473,14 @@ fn run_bench(out: &mut Console) {
     // interrupt taken at EL2, its injection and the guest's acknowledge and end.
     interrupts::bench::prepare();
     let edu = edu_present();
-    let interrupt_cases: [(&str, &dyn Fn(), bool); 3] = [
+    let interrupt_cases: [(&str, &dyn Fn(), bool); 4] = [
+        (
+            "vsmmu-register-read (IDR0, emulated)",
+            &|| {
+                let _ = mmio_read32(0x0905_0000);
+            },
+            true,
+        ),
         (
             "gicd-write-emulated (GICD_ISENABLER of a guest SPI)",
             &interrupts::bench::distributor_write,
