@@ -550,6 +550,10 @@ fn gic_checks(out: &mut impl Write) {
     report("virtual-timer-arrives", interrupts::virtual_timer_arrives());
     report("own-sgi-arrives", interrupts::own_sgi_arrives());
     report(
+        "list-register-overflow-loses-nothing",
+        interrupts::list_register_overflow_loses_nothing(),
+    );
+    report(
         "hypervisors-sgi-refused",
         interrupts::hypervisors_sgi_refused(),
     );
@@ -578,9 +582,9 @@ fn gic_checks(out: &mut impl Write) {
         },
     );
     if failed == 0 {
-        let _ = writeln!(out, "GUEST VERDICT: PASS 6 checks");
+        let _ = writeln!(out, "GUEST VERDICT: PASS 7 checks");
     } else {
-        let _ = writeln!(out, "GUEST VERDICT: FAIL {failed} of 6 checks failed");
+        let _ = writeln!(out, "GUEST VERDICT: FAIL {failed} of 7 checks failed");
     }
 }
 
