@@ -1,6 +1,8 @@
 //! The QEMU scenarios: each boots the hypervisor with a purpose and checks how the run ended
 //! and what the hypervisor logged.
 
+use crate::linux::KernelSeries;
+
 /// The guest a scenario boots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ScenarioGuest {
@@ -8,8 +10,8 @@ pub(crate) enum ScenarioGuest {
     None,
     /// The bare-metal test guest (`tools/test-guest`).
     TestGuest,
-    /// The unmodified Debian kernel with the tooling's initramfs and disk.
-    DebianLinux,
+    /// The unmodified Debian kernel of this series with the tooling's initramfs and disk.
+    DebianLinux(KernelSeries),
 }
 
 /// One scenario.
@@ -102,6 +104,44 @@ const CONTAINMENT_DEVICES: &[&str] = &[
     "-global",
     "virtio-mmio.force-legacy=false",
 ];
+
+/// The Debian Linux scenario, for either kernel series.
+const LINUX_VIRTIO_BLK: Scenario = Scenario {
+    name: "linux-virtio-blk",
+    description: "an unmodified Debian arm64 kernel (bookworm-backports 6.12) boots under the \
+                  hypervisor with 2 vCPUs, its busybox /init does block I/O on a virtio-blk disk \
+                  (iommu_platform=on) through the SMMU's stage 2 without a single SMMU event, \
+                  prints its verdict, then powers off",
+    guest: ScenarioGuest::DebianLinux(KernelSeries::Linux6_12),
+    hyp_args: None,
+    qemu_args: &[],
+    expect_status: 0,
+    expect_console: &["GUEST VERDICT: PASS"],
+    expect_log: &[
+        // The count is what the driver installed; the range is what was asked for.
+        "SMMU: 65536 guest streams 0x0 to 0xffff translate through stage 2",
+        "entering Linux",
+        "vCPU 0x1 starting",
+        "guest asked for system off",
+        "hypervisor exit: status 0",
+    ],
+    // Every transfer of the disk stays inside the guest's RAM.
+    expect_counts: &[
+        ("SMMU events: {} in all", Count::Exactly(0)),
+        ("{} stage-2 read faults", Count::Exactly(0)),
+        ("{} stage-2 write faults", Count::Exactly(0)),
+        ("{} overflows", Count::Exactly(0)),
+        ("{} global errors", Count::Exactly(0)),
+        // Timers, IPIs and virtio's interrupts all arrive as virtual interrupts.
+        ("exits: InterruptTimer {}", Count::AtLeast(100)),
+        ("exits: InterruptSgi {}", Count::AtLeast(10)),
+        ("exits: InterruptDevice {}", Count::AtLeast(10)),
+        ("exits: SgiSent {}", Count::AtLeast(10)),
+        ("exits: SgiRefused {}", Count::Exactly(0)),
+    ],
+    timeout_secs: 300,
+    ..DEFAULTS
+};
 
 /// Every scenario, in the order they run.
 pub(crate) const SCENARIOS: &[Scenario] = &[
@@ -409,40 +449,13 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         timeout_secs: 60,
         ..DEFAULTS
     },
+    LINUX_VIRTIO_BLK,
     Scenario {
-        name: "linux-virtio-blk",
-        description: "an unmodified Debian arm64 kernel boots under the hypervisor with 2 vCPUs, its \
-                      busybox /init does block I/O on a virtio-blk disk (iommu_platform=on) through \
-                      the SMMU's stage 2 without a single SMMU event, prints its verdict, then powers off",
-        guest: ScenarioGuest::DebianLinux,
-        hyp_args: None,
-        qemu_args: &[],
-        expect_status: 0,
-        expect_console: &["GUEST VERDICT: PASS"],
-        expect_log: &[
-            // The count is what the driver installed; the range is what was asked for.
-            "SMMU: 65536 guest streams 0x0 to 0xffff translate through stage 2",
-            "entering Linux",
-            "vCPU 0x1 starting",
-            "guest asked for system off",
-            "hypervisor exit: status 0",
-        ],
-        // Every transfer of the disk stays inside the guest's RAM.
-        expect_counts: &[
-            ("SMMU events: {} in all", Count::Exactly(0)),
-            ("{} stage-2 read faults", Count::Exactly(0)),
-            ("{} stage-2 write faults", Count::Exactly(0)),
-            ("{} overflows", Count::Exactly(0)),
-            ("{} global errors", Count::Exactly(0)),
-            // Timers, IPIs and virtio's interrupts all arrive as virtual interrupts.
-            ("exits: InterruptTimer {}", Count::AtLeast(100)),
-            ("exits: InterruptSgi {}", Count::AtLeast(10)),
-            ("exits: InterruptDevice {}", Count::AtLeast(10)),
-            ("exits: SgiSent {}", Count::AtLeast(10)),
-            ("exits: SgiRefused {}", Count::Exactly(0)),
-        ],
-        timeout_secs: 300,
-        ..DEFAULTS
+        name: "linux-6.1-virtio-blk",
+        description: "the same with bookworm's own Debian 6.1 kernel (linux-image-6.1.0-*-arm64), \
+                      whose virtio-pci is a module: the same I/O, no SMMU event",
+        guest: ScenarioGuest::DebianLinux(KernelSeries::Linux6_1),
+        ..LINUX_VIRTIO_BLK
     },
 ];
 

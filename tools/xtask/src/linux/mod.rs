@@ -6,7 +6,9 @@
 //! without network. Any error says why, so that the runner can fall back to the bare-metal guest.
 //!
 //! Layout of the cache: `debs/` (downloaded packages), `kernel/` and `busybox/` (unpacked, each
-//! with a stamp naming its package), `initramfs.cpio`, `disk.img`.
+//! with a stamp naming its package), `initramfs.cpio`, `disk.img`; for a kernel series other than
+//! the default, `kernel-6.1/`, `initramfs-6.1.cpio` and `disk-6.1.img` beside them (busybox and
+//! the downloaded packages are shared).
 //!
 //! This module owns no QEMU process; it only says which arguments attach the disk.
 
@@ -19,7 +21,7 @@ mod modules;
 
 pub(crate) use disk::make_disk;
 pub(crate) use initramfs::{Initramfs, build_initramfs};
-pub(crate) use kernel::{Kernel, fetch_kernel};
+pub(crate) use kernel::{Kernel, KernelSeries, fetch_kernel};
 
 use crate::Result;
 use std::path::{Path, PathBuf};
@@ -39,13 +41,19 @@ pub(crate) struct GuestAssets {
     pub(crate) disk: PathBuf,
 }
 
-/// Fetches (once) the kernel and busybox, builds the initramfs and writes a fresh disk image.
-pub(crate) fn prepare(cache: &Path) -> Result<GuestAssets> {
+/// Fetches (once) the kernel of `series` and busybox, builds the initramfs and writes a fresh
+/// disk image.
+pub(crate) fn prepare(cache: &Path, series: KernelSeries) -> Result<GuestAssets> {
     std::fs::create_dir_all(cache)
         .map_err(|e| format!("creating the guest cache {}: {e}", cache.display()))?;
-    let kernel = fetch_kernel(cache)?;
+    let suffix = series.cache_suffix();
+    let kernel = fetch_kernel(cache, series)?;
     let busybox = fetch_busybox(cache)?;
-    let initramfs = build_initramfs(&kernel, &busybox, &cache.join("initramfs.cpio"))?;
+    let initramfs = build_initramfs(
+        &kernel,
+        &busybox,
+        &cache.join(format!("initramfs{suffix}.cpio")),
+    )?;
     println!(
         "xtask: guest: {} ({}; modules: {})",
         initramfs.path.display(),
@@ -56,7 +64,7 @@ pub(crate) fn prepare(cache: &Path) -> Result<GuestAssets> {
             initramfs.modules.join(" ")
         }
     );
-    let disk = cache.join("disk.img");
+    let disk = cache.join(format!("disk{suffix}.img"));
     make_disk(&disk)?;
     Ok(GuestAssets {
         kernel,
