@@ -254,6 +254,9 @@ pub(crate) fn run_command(args: &[String]) -> Result<ExitCode> {
         None if options.guest != Guest::None => println!("xtask: the guest printed no verdict"),
         None => {}
     }
+    if let Some(figures) = crate::linux::dma_figures(&outcome.console, &outcome.log.lines) {
+        println!("xtask: {}", figures.summary());
+    }
     println!("xtask: {} (exit code {code})", outcome.verdict());
     Ok(ExitCode::from(code))
 }

@@ -112,6 +112,9 @@ pub(crate) fn test_command(args: &[String]) -> Result<ExitCode> {
                     println!("    {}", case.trim());
                 }
             }
+            if let Some(figures) = crate::linux::dma_figures(&outcome.console, &outcome.log.lines) {
+                println!("    {}", figures.summary());
+            }
             match verdict {
                 Ok(()) => {
                     println!("PASS {} ({seconds:.1} s)", scenario.name);
