@@ -29,6 +29,9 @@ commands:
                         boot the hypervisor and a guest (by default an unmodified Debian arm64
                         kernel with a busybox initramfs doing virtio-blk I/O; the bare-metal test
                         guest when no kernel can be fetched), decode its log live, exit with its status
+      --debian-kernel 6.12|6.1     which Debian kernel the default guest runs (default 6.12
+                                   from bookworm-backports, or 6.1 when apt has no 6.12;
+                                   6.1: bookworm's own), each fetched and cached on its own
       --kernel IMAGE --initrd FILE [--append ARGS]   a Linux guest of your own
       --guest ELF                  a bare-metal guest (entered at its ELF entry point)
       --test-guest                 the project's bare-metal test guest

@@ -164,6 +164,7 @@ pub(crate) fn run_command(args: &[String]) -> Result<ExitCode> {
     let mut options = RunOptions::default();
     let mut build = BuildOptions::default();
     let mut guest_choice = GuestChoice::DebianLinux;
+    let mut series = crate::linux::KernelSeries::default();
     let (mut kernel, mut initrd, mut append) = (None, None, None);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -185,6 +186,7 @@ pub(crate) fn run_command(args: &[String]) -> Result<ExitCode> {
             "--kernel" => kernel = Some(PathBuf::from(value()?)),
             "--initrd" => initrd = Some(PathBuf::from(value()?)),
             "--append" => append = Some(value()?),
+            "--debian-kernel" => series = crate::linux::KernelSeries::parse(&value()?)?,
             "--log-level" => build.log_level = value()?,
             "--" => {
                 options.extra_qemu_args.extend(args.by_ref().cloned());
@@ -223,7 +225,7 @@ pub(crate) fn run_command(args: &[String]) -> Result<ExitCode> {
             append: append.unwrap_or_else(|| crate::linux::KERNEL_COMMAND_LINE.into()),
             disk: None,
         },
-        GuestChoice::DebianLinux => match debian_linux_guest() {
+        GuestChoice::DebianLinux => match debian_linux_guest(series) {
             Ok(guest) => guest,
             Err(error) => {
                 println!(
@@ -251,6 +253,9 @@ pub(crate) fn run_command(args: &[String]) -> Result<ExitCode> {
         }
         None if options.guest != Guest::None => println!("xtask: the guest printed no verdict"),
         None => {}
+    }
+    if let Some(figures) = crate::linux::dma_figures(&outcome.console, &outcome.log.lines) {
+        println!("xtask: {}", figures.summary());
     }
     println!("xtask: {} (exit code {code})", outcome.verdict());
     Ok(ExitCode::from(code))
@@ -566,10 +571,11 @@ fn run_fvp(image: &Image, options: &RunOptions) -> Result<RunOutcome> {
     })
 }
 
-/// The default Linux guest: an unmodified Debian arm64 kernel (fetched once with apt, cached
-/// under `target/guest/`), the tooling's busybox initramfs, and a fresh virtio-blk disk.
-pub(crate) fn debian_linux_guest() -> Result<Guest> {
-    let assets = crate::linux::prepare(&crate::workspace_root().join("target/guest"))?;
+/// The default Linux guest: an unmodified Debian arm64 kernel of `series` (fetched once with
+/// apt, cached under `target/guest/`), the tooling's busybox initramfs, and a fresh virtio-blk
+/// disk.
+pub(crate) fn debian_linux_guest(series: crate::linux::KernelSeries) -> Result<Guest> {
+    let assets = crate::linux::prepare(&crate::workspace_root().join("target/guest"), series)?;
     println!(
         "xtask: guest: Linux {} ({} {}), initramfs {} KiB",
         assets.kernel.release,

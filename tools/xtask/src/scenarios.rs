@@ -1,6 +1,8 @@
 //! The QEMU scenarios: each boots the hypervisor with a purpose and checks how the run ended
 //! and what the hypervisor logged.
 
+use crate::linux::{GuestVerdict, KernelSeries, find_verdict, verdict_field};
+
 /// The guest a scenario boots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ScenarioGuest {
@@ -8,8 +10,8 @@ pub(crate) enum ScenarioGuest {
     None,
     /// The bare-metal test guest (`tools/test-guest`).
     TestGuest,
-    /// The unmodified Debian kernel with the tooling's initramfs and disk.
-    DebianLinux,
+    /// The unmodified Debian kernel of this series with the tooling's initramfs and disk.
+    DebianLinux(KernelSeries),
 }
 
 /// One scenario.
@@ -19,6 +21,12 @@ pub(crate) struct Scenario {
     pub(crate) guest: ScenarioGuest,
     /// Text that must appear on the guest console, in this order.
     pub(crate) expect_console: &'static [&'static str],
+    /// Lines the guest console must have: for each entry, some line holds all its parts, in
+    /// this order.
+    pub(crate) expect_console_lines: &'static [&'static [&'static str]],
+    /// Fields (`key=value`) the guest's `GUEST VERDICT: PASS` line must have, and what each
+    /// must be; when there are any, a missing or failing verdict fails the scenario.
+    pub(crate) expect_verdict: &'static [(&'static str, VerdictField)],
     /// Its name, as `cargo xtask test NAME` selects it.
     pub(crate) name: &'static str,
     /// What it shows.
@@ -69,6 +77,27 @@ impl Count {
     }
 }
 
+/// What a field of the guest's verdict must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VerdictField {
+    /// Exactly this text.
+    Is(&'static str),
+    /// One of these.
+    OneOf(&'static [&'static str]),
+    /// A decimal number (not `unknown`) that satisfies the count.
+    Number(Count),
+}
+
+impl VerdictField {
+    fn accepts(self, value: &str) -> bool {
+        match self {
+            Self::Is(text) => value == text,
+            Self::OneOf(texts) => texts.contains(&value),
+            Self::Number(count) => value.parse().is_ok_and(|n| count.accepts(n)),
+        }
+    }
+}
+
 /// What no scenario may log unless it says otherwise: an error, a global error of the SMMU
 /// (logged at ERROR, but named too in case its level changes), a panic.
 const FORBIDDEN: &[&str] = &["ERROR", "global error", "panic"];
@@ -77,6 +106,8 @@ const FORBIDDEN: &[&str] = &["ERROR", "global error", "panic"];
 const DEFAULTS: Scenario = Scenario {
     guest: ScenarioGuest::None,
     expect_console: &[],
+    expect_console_lines: &[],
+    expect_verdict: &[],
     name: "",
     description: "",
     hyp_args: None,
@@ -102,6 +133,119 @@ const CONTAINMENT_DEVICES: &[&str] = &[
     "-global",
     "virtio-mmio.force-legacy=false",
 ];
+
+/// Whether the Linux scenarios expect the guest to see the hypervisor's emulated SMMUv3 (the
+/// vSMMU): an `arm,smmu-v3` node at 0x0905_0000 in its device tree, with the PCIe host bridge's
+/// `iommu-map` pointing at it. It does: [`LINUX_WITH_VSMMU`] says what is checked.
+/// ([`LINUX_WITHOUT_IOMMU`] is what a guest without it showed, kept for a hypervisor built
+/// without one.)
+pub(crate) const LINUX_EXPECTS_VSMMU: bool = true;
+
+/// What the Linux scenarios check on the guest's console about its IOMMU.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LinuxIommuExpectations {
+    pub(crate) console: &'static [&'static str],
+    pub(crate) console_lines: &'static [&'static [&'static str]],
+    pub(crate) verdict: &'static [(&'static str, VerdictField)],
+}
+
+/// The guest sees no IOMMU: no IOMMU device, no group, no domain, and its I/O maps nothing (the
+/// counts are numbers, so the `iommu:map`/`iommu:unmap` tracepoints were found and counted).
+pub(crate) const LINUX_WITHOUT_IOMMU: LinuxIommuExpectations = LinuxIommuExpectations {
+    console: &["guest: IOMMU devices: none", "GUEST VERDICT: PASS"],
+    console_lines: &[],
+    verdict: &[
+        ("iommu", VerdictField::Is("none")),
+        ("groups", VerdictField::Number(Count::Exactly(0))),
+        ("vda-group", VerdictField::Is("none")),
+        ("domain", VerdictField::Is("none")),
+        ("iommu-maps", VerdictField::Number(Count::Exactly(0))),
+        ("iommu-unmaps", VerdictField::Number(Count::Exactly(0))),
+    ],
+};
+
+/// The guest sees the vSMMU: Linux's `arm-smmu-v3` driver probes it at 0x0905_0000 (its
+/// `ias/oas` line, which it prints only once the ID registers are read and accepted, shows up in
+/// the `dmesg:` lines /init echoes), registers it as `smmu3.0x0000000009050000`, puts the disk in
+/// an IOMMU group with a DMA domain (`DMA`, strict, Debian's default; `DMA-FQ` if lazy), and the
+/// disk's I/O maps and unmaps IOVAs through it.
+pub(crate) const LINUX_WITH_VSMMU: LinuxIommuExpectations = LinuxIommuExpectations {
+    console: &[
+        "guest: IOMMU devices: smmu3.0x0000000009050000",
+        "GUEST VERDICT: PASS",
+    ],
+    console_lines: &[&[
+        "guest: dmesg: ",
+        "arm-smmu-v3 9050000.",
+        ": ias ",
+        "-bit, oas ",
+    ]],
+    verdict: &[
+        ("iommu", VerdictField::Is("smmu3.0x0000000009050000")),
+        ("groups", VerdictField::Number(Count::AtLeast(1))),
+        ("vda-group", VerdictField::Number(Count::AtLeast(0))),
+        ("domain", VerdictField::OneOf(&["DMA", "DMA-FQ"])),
+        ("iommu-maps", VerdictField::Number(Count::AtLeast(1))),
+        ("iommu-unmaps", VerdictField::Number(Count::AtLeast(1))),
+    ],
+};
+
+/// The expectations in force, as [`LINUX_EXPECTS_VSMMU`] chooses.
+pub(crate) const LINUX_IOMMU: LinuxIommuExpectations = if LINUX_EXPECTS_VSMMU {
+    LINUX_WITH_VSMMU
+} else {
+    LINUX_WITHOUT_IOMMU
+};
+
+/// The Debian Linux scenario, for either kernel series.
+const LINUX_VIRTIO_BLK: Scenario = Scenario {
+    name: "linux-virtio-blk",
+    description: "an unmodified Debian arm64 kernel (bookworm-backports 6.12) boots under the \
+                  hypervisor with 2 vCPUs, its busybox /init does block I/O on a virtio-blk disk \
+                  (iommu_platform=on) through its vSMMU, nested over the SMMU's stage 2, without a \
+                  single SMMU event, \
+                  reports what its IOMMU did (IOMMU, groups, domain, map and unmap tracepoint \
+                  counts during the I/O), prints its verdict, then powers off",
+    guest: ScenarioGuest::DebianLinux(KernelSeries::Linux6_12),
+    hyp_args: None,
+    qemu_args: &[],
+    expect_status: 0,
+    expect_console: LINUX_IOMMU.console,
+    expect_console_lines: LINUX_IOMMU.console_lines,
+    expect_verdict: LINUX_IOMMU.verdict,
+    expect_log: &[
+        // The count is what the driver installed; the range is what was asked for.
+        "SMMU: 65536 guest streams 0x0 to 0xffff translate through stage 2",
+        "vSMMU at 0x9050000: streams 0x0 to 0xff",
+        "entering Linux",
+        "vCPU 0x1 starting",
+        "guest asked for system off",
+        "hypervisor exit: status 0",
+    ],
+    // Every transfer of the disk stays inside the guest's RAM.
+    expect_counts: &[
+        ("SMMU events: {} in all", Count::Exactly(0)),
+        ("{} stage-2 read faults", Count::Exactly(0)),
+        ("{} stage-2 write faults", Count::Exactly(0)),
+        ("{} overflows", Count::Exactly(0)),
+        ("{} global errors", Count::Exactly(0)),
+        // Timers, IPIs and virtio's interrupts all arrive as virtual interrupts.
+        ("exits: InterruptTimer {}", Count::AtLeast(100)),
+        ("exits: InterruptSgi {}", Count::AtLeast(10)),
+        ("exits: InterruptDevice {}", Count::AtLeast(10)),
+        ("exits: SgiSent {}", Count::AtLeast(10)),
+        ("exits: SgiRefused {}", Count::Exactly(0)),
+        // The guest drove its vSMMU, and nothing it did was refused or failed.
+        ("{} MSI writes", Count::AtLeast(1)),
+        ("{} CD installs", Count::AtLeast(1)),
+        ("{} STE rejections", Count::Exactly(0)),
+        ("{} CD rejections", Count::Exactly(0)),
+        ("{} illegal commands", Count::Exactly(0)),
+        ("{} physical failures", Count::Exactly(0)),
+    ],
+    timeout_secs: 300,
+    ..DEFAULTS
+};
 
 /// Every scenario, in the order they run.
 pub(crate) const SCENARIOS: &[Scenario] = &[
@@ -416,44 +560,19 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         timeout_secs: 60,
         ..DEFAULTS
     },
+    LINUX_VIRTIO_BLK,
     Scenario {
-        name: "linux-virtio-blk",
-        description: "an unmodified Debian arm64 kernel boots under the hypervisor with 2 vCPUs, its \
-                      busybox /init does block I/O on a virtio-blk disk (iommu_platform=on) through \
-                      the SMMU's stage 2 without a single SMMU event, prints its verdict, then powers off",
-        guest: ScenarioGuest::DebianLinux,
-        hyp_args: None,
-        qemu_args: &[],
-        expect_status: 0,
-        expect_console: &["GUEST VERDICT: PASS"],
-        expect_log: &[
-            // The count is what the driver installed; the range is what was asked for.
-            "SMMU: 65536 guest streams 0x0 to 0xffff translate through stage 2",
-            "entering Linux",
-            "vCPU 0x1 starting",
-            "guest asked for system off",
-            "hypervisor exit: status 0",
-        ],
-        // Every transfer of the disk stays inside the guest's RAM.
-        expect_counts: &[
-            ("SMMU events: {} in all", Count::Exactly(0)),
-            ("{} stage-2 read faults", Count::Exactly(0)),
-            ("{} stage-2 write faults", Count::Exactly(0)),
-            ("{} overflows", Count::Exactly(0)),
-            ("{} global errors", Count::Exactly(0)),
-            // Timers, IPIs and virtio's interrupts all arrive as virtual interrupts.
-            ("exits: InterruptTimer {}", Count::AtLeast(100)),
-            ("exits: InterruptSgi {}", Count::AtLeast(10)),
-            ("exits: InterruptDevice {}", Count::AtLeast(10)),
-            ("exits: SgiSent {}", Count::AtLeast(10)),
-            ("exits: SgiRefused {}", Count::Exactly(0)),
-        ],
-        timeout_secs: 300,
-        ..DEFAULTS
+        name: "linux-6.1-virtio-blk",
+        description: "the same with bookworm's own Debian 6.1 kernel (linux-image-6.1.0-*-arm64), \
+                      whose virtio-pci is a module: the same I/O, the same IOMMU report, no SMMU \
+                      event",
+        guest: ScenarioGuest::DebianLinux(KernelSeries::Linux6_1),
+        ..LINUX_VIRTIO_BLK
     },
 ];
 
-/// Checks `console` (the guest's UART) against the scenario's expected console text.
+/// Checks `console` (the guest's UART) against the scenario's expected console text, lines
+/// and verdict fields.
 pub(crate) fn check_console(scenario: &Scenario, console: &str) -> Result<(), String> {
     let mut rest = console;
     for expected in scenario.expect_console {
@@ -462,7 +581,50 @@ pub(crate) fn check_console(scenario: &Scenario, console: &str) -> Result<(), St
             None => return Err(format!("guest console lacks `{expected}` (in order)")),
         }
     }
+    for parts in scenario.expect_console_lines {
+        if !console.lines().any(|line| holds_in_order(line, parts)) {
+            return Err(format!(
+                "no guest console line holds `{}` (in order)",
+                parts.join("` ... `")
+            ));
+        }
+    }
+    if scenario.expect_verdict.is_empty() {
+        return Ok(());
+    }
+    let details = match find_verdict(console) {
+        Some(GuestVerdict::Pass(details)) => details,
+        Some(GuestVerdict::Fail(reason)) => return Err(format!("guest verdict: FAIL {reason}")),
+        None => return Err("the guest printed no verdict".into()),
+    };
+    for &(key, expected) in scenario.expect_verdict {
+        match verdict_field(&details, key) {
+            Some(value) if expected.accepts(value) => {}
+            Some(value) => {
+                return Err(format!(
+                    "guest verdict has {key}={value}, expected {expected:?}"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "guest verdict has no {key}= (expected {expected:?})"
+                ));
+            }
+        }
+    }
     Ok(())
+}
+
+/// Whether `line` holds every one of `parts`, each after the one before.
+fn holds_in_order(line: &str, parts: &[&str]) -> bool {
+    let mut rest = line;
+    parts.iter().all(|part| match rest.find(part) {
+        Some(at) => {
+            rest = &rest[at + part.len()..];
+            true
+        }
+        None => false,
+    })
 }
 
 /// Checks `log` against the scenario; `Err` says what was wrong.
@@ -598,6 +760,7 @@ fn line_kind(line: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -752,6 +915,153 @@ mod tests {
         assert!(check(&s, Some(0), false, &log(1, 64)).is_err());
         let without = vec!["1.1 INFO  exits: Smc 65".to_string()];
         assert!(check(&s, Some(0), false, &without).is_err());
+    }
+
+    /// The guest's console lines (kernel messages left out) under today's hypervisor, which
+    /// gives it no IOMMU (Debian 6.1, from the `linux-6.1-virtio-blk` scenario).
+    const CONSOLE_WITHOUT_IOMMU: &str = "\
+guest: kernel 6.1.0-57-arm64: Linux version 6.1.0-57-arm64 (gcc-12) #1 SMP Debian 6.1.192-3\r
+guest: IOMMU devices: none\r
+guest: insmod /lib/modules/6.1.0-57-arm64/kernel/drivers/block/virtio_blk.ko\r
+guest: /dev/vda is 0000:00:01.0, IOMMU group none, domain type none (0 IOMMU groups)\r
+guest: counting iommu:map and iommu:unmap in /sys/kernel/tracing\r
+guest: IOMMU during the I/O: 0 maps, 0 unmaps\r
+GUEST VERDICT: PASS kernel=6.1.0-57-arm64 iommu=none groups=0 vda-group=none domain=none \
+iommu-maps=0 iommu-unmaps=0 read=64KiB-direct write+readback=64KiB@block1024 md5=70f83c1a\r
+";
+
+    /// The same guest (Debian 6.12) booted straight on QEMU virt with `iommu=smmuv3`, no
+    /// hypervisor: what it prints when it has an SMMUv3 at 0x0905_0000, as it will with the vSMMU.
+    const CONSOLE_WITH_SMMU: &str = "\
+[    1.180487] arm-smmu-v3 9050000.smmuv3: ias 44-bit, oas 44-bit (features 0x00088705)\r
+guest: kernel 6.12.95+deb12-arm64: Linux version 6.12.95+deb12-arm64 #1 SMP Debian\r
+guest: IOMMU devices: smmu3.0x0000000009050000 \r
+guest: dmesg: [    1.180487] arm-smmu-v3 9050000.smmuv3: ias 44-bit, oas 44-bit (features 0x00088705)\r
+guest: dmesg: [    1.193944] arm-smmu-v3 9050000.smmuv3: allocated 65536 entries for cmdq\r
+guest: insmod /lib/modules/6.12.95+deb12-arm64/kernel/drivers/block/virtio_blk.ko\r
+guest: /dev/vda is 0000:00:01.0, IOMMU group 0, domain type DMA (1 IOMMU groups)\r
+guest: counting iommu:map and iommu:unmap in /sys/kernel/tracing\r
+guest: IOMMU during the I/O: 195 maps, 195 unmaps\r
+GUEST VERDICT: PASS kernel=6.12.95+deb12-arm64 iommu=smmu3.0x0000000009050000 groups=1 \
+vda-group=0 domain=DMA iommu-maps=195 iommu-unmaps=195 read=64KiB-direct \
+write+readback=64KiB@block1024 md5=d087eb10\r
+";
+
+    fn linux_scenario(expectations: LinuxIommuExpectations) -> Scenario {
+        Scenario {
+            expect_console: expectations.console,
+            expect_console_lines: expectations.console_lines,
+            expect_verdict: expectations.verdict,
+            ..LINUX_VIRTIO_BLK
+        }
+    }
+
+    #[test]
+    fn the_linux_scenarios_check_the_expectations_the_switch_selects() {
+        let linux: Vec<&Scenario> = SCENARIOS
+            .iter()
+            .filter(|s| matches!(s.guest, ScenarioGuest::DebianLinux(_)))
+            .collect();
+        let series: Vec<KernelSeries> = linux
+            .iter()
+            .map(|s| match s.guest {
+                ScenarioGuest::DebianLinux(series) => series,
+                _ => KernelSeries::default(),
+            })
+            .collect();
+        assert_eq!(series, [KernelSeries::Linux6_12, KernelSeries::Linux6_1]);
+        let selected = if LINUX_EXPECTS_VSMMU {
+            LINUX_WITH_VSMMU
+        } else {
+            LINUX_WITHOUT_IOMMU
+        };
+        for scenario in linux {
+            assert_eq!(
+                scenario.expect_console, selected.console,
+                "{}",
+                scenario.name
+            );
+            assert_eq!(scenario.expect_console_lines, selected.console_lines);
+            assert_eq!(scenario.expect_verdict, selected.verdict);
+            assert!(!scenario.expect_verdict.is_empty());
+        }
+    }
+
+    #[test]
+    fn without_an_iommu_the_guest_must_report_none_and_zero_counts() {
+        let today = linux_scenario(LINUX_WITHOUT_IOMMU);
+        assert_eq!(check_console(&today, CONSOLE_WITHOUT_IOMMU), Ok(()));
+        assert!(check_console(&today, CONSOLE_WITH_SMMU).is_err());
+        // A guest that could not count its maps does not pass for one that made none.
+        let uncounted = CONSOLE_WITHOUT_IOMMU
+            .replace("iommu-maps=0", "iommu-maps=unknown")
+            .replace("iommu-unmaps=0", "iommu-unmaps=unknown");
+        assert_eq!(
+            check_console(&today, &uncounted),
+            Err("guest verdict has iommu-maps=unknown, expected Number(Exactly(0))".into())
+        );
+        let older = CONSOLE_WITHOUT_IOMMU.replace(" groups=0", "");
+        assert!(
+            check_console(&today, &older)
+                .unwrap_err()
+                .contains("no groups=")
+        );
+        let failed = "guest: IOMMU devices: none\nGUEST VERDICT: FAIL no /dev/vda\n";
+        assert!(check_console(&today, failed).is_err());
+    }
+
+    #[test]
+    fn with_the_vsmmu_the_guest_must_probe_it_map_and_unmap() {
+        let vsmmu = linux_scenario(LINUX_WITH_VSMMU);
+        assert_eq!(check_console(&vsmmu, CONSOLE_WITH_SMMU), Ok(()));
+        assert!(check_console(&vsmmu, CONSOLE_WITHOUT_IOMMU).is_err());
+        // A lazy (flush-queue) domain is as good as a strict one; identity or blocked is not.
+        let lazy = CONSOLE_WITH_SMMU.replace("domain=DMA ", "domain=DMA-FQ ");
+        assert_eq!(check_console(&vsmmu, &lazy), Ok(()));
+        for (from, to) in [
+            ("domain=DMA ", "domain=identity "),
+            ("iommu-unmaps=195", "iommu-unmaps=0"),
+            ("iommu-unmaps=195", "iommu-unmaps=unknown"),
+            ("iommu-maps=195", "iommu-maps=0"),
+            ("groups=1 ", "groups=0 "),
+            ("vda-group=0 ", "vda-group=none "),
+            (
+                "iommu=smmu3.0x0000000009050000",
+                "iommu=smmu3.0x0000000009060000",
+            ),
+        ] {
+            let console = CONSOLE_WITH_SMMU.replace(from, to);
+            assert!(check_console(&vsmmu, &console).is_err(), "{to}");
+        }
+        // The probe line must be among /init's `dmesg:` lines, with the driver's ias/oas report:
+        // a driver that gave up after naming the device does not count.
+        let unprobed: String = CONSOLE_WITH_SMMU
+            .lines()
+            .filter(|line| !line.contains("ias 44-bit"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_eq!(
+            check_console(&vsmmu, &unprobed),
+            Err(
+                "no guest console line holds `guest: dmesg: ` ... `arm-smmu-v3 9050000.` ... \
+                 `: ias ` ... `-bit, oas ` (in order)"
+                    .into()
+            )
+        );
+        let kernel_only: String = CONSOLE_WITH_SMMU
+            .lines()
+            .filter(|line| !line.starts_with("guest: dmesg:"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert!(check_console(&vsmmu, &kernel_only).is_err());
+    }
+
+    #[test]
+    fn console_lines_hold_their_parts_in_order() {
+        assert!(holds_in_order("a b c", &["a", "c"]));
+        assert!(!holds_in_order("a b c", &["c", "a"]));
+        assert!(!holds_in_order("aa", &["aa", "a"]));
+        assert!(holds_in_order("anything", &[]));
     }
 
     #[test]

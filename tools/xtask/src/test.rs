@@ -43,7 +43,8 @@ pub(crate) fn test_command(args: &[String]) -> Result<ExitCode> {
         println!("xtask: building the hypervisor image");
         let image = image::build(&tools, &BuildOptions::default())?;
         let mut test_guest = None;
-        let mut linux = None;
+        // One Linux guest per kernel series, prepared when a scenario first needs it.
+        let mut linux = std::collections::BTreeMap::new();
         let log_dir = workspace_root().join("target/xtask/scenarios");
         std::fs::create_dir_all(&log_dir)?;
         for scenario in scenarios {
@@ -63,9 +64,9 @@ pub(crate) fn test_command(args: &[String]) -> Result<ExitCode> {
                         args: scenario.guest_args.to_string(),
                     }
                 }
-                ScenarioGuest::DebianLinux => {
-                    let assets = linux.get_or_insert_with(|| {
-                        runner::debian_linux_guest().map_err(|e| e.to_string())
+                ScenarioGuest::DebianLinux(series) => {
+                    let assets = linux.entry(series).or_insert_with(|| {
+                        runner::debian_linux_guest(series).map_err(|e| e.to_string())
                     });
                     match assets {
                         Ok(guest) => guest.clone(),
@@ -110,6 +111,9 @@ pub(crate) fn test_command(args: &[String]) -> Result<ExitCode> {
                 if let Some(case) = line.split("smmu-case ").nth(1) {
                     println!("    {}", case.trim());
                 }
+            }
+            if let Some(figures) = crate::linux::dma_figures(&outcome.console, &outcome.log.lines) {
+                println!("    {}", figures.summary());
             }
             match verdict {
                 Ok(()) => {

@@ -5,6 +5,12 @@
 # reads the start of /dev/vda and compares it with the copy the host put in this initramfs,
 # writes a block of its own, drops the caches, reads it back. Prints exactly one line
 # `GUEST VERDICT: PASS <details>` or `GUEST VERDICT: FAIL <reason>`, then powers off.
+#
+# The details say what the IOMMU did: `iommu=` (the IOMMUs in /sys/class/iommu, or none),
+# `groups=` (entries of /sys/kernel/iommu_groups), `vda-group=` and `domain=` (the disk's group
+# and its default domain type), and `iommu-maps=` / `iommu-unmaps=`: the hits of the kernel's
+# `iommu:map` and `iommu:unmap` tracepoints during the I/O alone (`unknown` when the kernel has
+# no tracefs or no such events).
 # A watchdog ends the run with a FAIL verdict if any step hangs (guest.timeout=SECONDS on the
 # kernel command line, default 60).
 #
@@ -85,7 +91,62 @@ if [ -e "$device/iommu_group" ]; then
 	group=$(basename "$(readlink -f "$device/iommu_group")")
 	domain=$(cat "/sys/kernel/iommu_groups/$group/type" 2>/dev/null || echo unknown)
 fi
-say "/dev/vda is $(basename "$device"), IOMMU group $group, domain type $domain"
+groups=0
+for entry in /sys/kernel/iommu_groups/*; do
+	[ -e "$entry" ] && groups=$((groups + 1))
+done
+say "/dev/vda is $(basename "$device"), IOMMU group $group, domain type $domain ($groups IOMMU groups)"
+
+# The kernel's iommu:map and iommu:unmap tracepoints, in tracefs (mounted on its own, or under
+# debugfs); none of this may fail the run: without them the counts are `unknown`.
+tracing=""
+find_tracing() {
+	for dir in /sys/kernel/tracing /sys/kernel/debug/tracing; do
+		if [ -e "$dir/events/iommu/map/enable" ] && [ -e "$dir/events/iommu/unmap/enable" ]; then
+			tracing=$dir
+			return 0
+		fi
+	done
+	return 1
+}
+find_tracing ||
+	{ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null && find_tracing; } ||
+	{ mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null && find_tracing; } ||
+	say "no iommu:map/iommu:unmap tracepoints (no tracefs?): IOMMU maps and unmaps not counted"
+
+# Starts counting: an empty trace buffer, both events on.
+trace_iommu_start() {
+	[ -n "$tracing" ] || return 0
+	if echo 0 >"$tracing/tracing_on" &&
+		echo >"$tracing/trace" &&
+		echo 1 >"$tracing/events/iommu/map/enable" &&
+		echo 1 >"$tracing/events/iommu/unmap/enable" &&
+		echo 1 >"$tracing/tracing_on"; then
+		say "counting iommu:map and iommu:unmap in $tracing"
+	else
+		say "cannot enable the iommu tracepoints in $tracing: IOMMU maps and unmaps not counted"
+		tracing=""
+	fi
+}
+
+# Stops counting and sets $maps and $unmaps (numbers, or `unknown`).
+trace_iommu_stop() {
+	maps=unknown
+	unmaps=unknown
+	[ -n "$tracing" ] || return 0
+	echo 0 >"$tracing/tracing_on"
+	echo 0 >"$tracing/events/iommu/map/enable"
+	echo 0 >"$tracing/events/iommu/unmap/enable"
+	cat "$tracing/trace" >/tmp/iommu-trace 2>/dev/null || return 0
+	if grep -q "\[LOST " /tmp/iommu-trace; then
+		say "the trace buffer lost events: IOMMU maps and unmaps not counted"
+		return 0
+	fi
+	# Lines `<task>-<pid> [cpu] <flags> <time>: map: IOMMU: iova=...` (and `unmap: IOMMU:`).
+	maps=$(grep -c " map: IOMMU: " /tmp/iommu-trace)
+	unmaps=$(grep -c " unmap: IOMMU: " /tmp/iommu-trace)
+	say "IOMMU during the I/O: $maps maps, $unmaps unmaps"
+}
 
 # A read that bypasses the page cache, so that it is a new DMA; plain when O_DIRECT is refused.
 read_mode=direct
@@ -95,6 +156,7 @@ read_blocks() { # device output skip count
 	dd if="$1" of="$2" bs=4096 skip="$3" count="$4" 2>/dev/null
 }
 
+trace_iommu_start
 stage "reading the start of /dev/vda"
 read_blocks /dev/vda /tmp/disk-start 0 "$HEAD_BLOCKS" || fail "reading /dev/vda failed"
 read -r magic </tmp/disk-start
@@ -116,9 +178,10 @@ stage "reading back from /dev/vda"
 read_blocks /dev/vda /tmp/read-back "$WRITE_BLOCK" "$WRITE_BLOCKS" || fail "reading back /dev/vda failed"
 cmp -s /tmp/written /tmp/read-back ||
 	fail "the $((WRITE_BLOCKS * 4)) KiB written at block $WRITE_BLOCK read back different ($(cmp /tmp/written /tmp/read-back 2>&1))"
+trace_iommu_stop
 sum=$(md5sum </tmp/written | cut -c1-8)
 
 iommu=none
 [ -n "$iommus" ] && iommu=$(echo $iommus | tr ' ' ',')
 stage "done"
-finish PASS "kernel=$release iommu=$iommu vda-group=$group domain=$domain read=$((HEAD_BLOCKS * 4))KiB-$read_mode write+readback=$((WRITE_BLOCKS * 4))KiB@block$WRITE_BLOCK md5=$sum"
+finish PASS "kernel=$release iommu=$iommu groups=$groups vda-group=$group domain=$domain iommu-maps=$maps iommu-unmaps=$unmaps read=$((HEAD_BLOCKS * 4))KiB-$read_mode write+readback=$((WRITE_BLOCKS * 4))KiB@block$WRITE_BLOCK md5=$sum"

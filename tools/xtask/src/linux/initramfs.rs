@@ -104,6 +104,39 @@ mod tests {
     }
 
     #[test]
+    fn the_verdict_says_what_the_iommu_did_during_the_io() {
+        let pass = INIT_SCRIPT
+            .lines()
+            .find(|l| l.starts_with("finish PASS"))
+            .unwrap();
+        for field in [
+            " iommu=$iommu ",
+            " groups=$groups ",
+            " vda-group=$group ",
+            " domain=$domain ",
+            " iommu-maps=$maps ",
+            " iommu-unmaps=$unmaps ",
+        ] {
+            assert!(pass.contains(field), "{field} missing from {pass}");
+        }
+        // Counting brackets the I/O: on before the first read, off after the read-back.
+        let at = |text: &str| INIT_SCRIPT.find(text).unwrap();
+        assert!(at("\ntrace_iommu_start\n") < at("stage \"reading the start of /dev/vda\""));
+        assert!(at("stage \"reading back from /dev/vda\"") < at("\ntrace_iommu_stop\n"));
+        assert!(at("\ntrace_iommu_stop\n") < at("finish PASS"));
+        for path in [
+            "events/iommu/map/enable",
+            "events/iommu/unmap/enable",
+            "/sys/kernel/tracing",
+            "/sys/kernel/debug/tracing",
+            "maps=unknown",
+            "unmaps=unknown",
+        ] {
+            assert!(INIT_SCRIPT.contains(path), "{path}");
+        }
+    }
+
+    #[test]
     fn every_busybox_command_the_script_names_is_linked() {
         // Commands a script like this might use; each one the script names must be linked.
         // (`timeout` is left out: the script has a variable of that name, not the applet.)

@@ -1,11 +1,15 @@
 //! The guest kernel: an unmodified Debian arm64 kernel package, downloaded once and unpacked
 //! under the cache.
 //!
-//! Preference: bookworm-backports' 6.12 (`linux-image-6.12.*+deb12-arm64-unsigned`), then any
-//! other 6.12 apt offers, then bookworm's 6.1 (`linux-image-6.1.0-*-arm64-unsigned`). The exact
-//! package names come from the `linux-image-arm64` and `linux-image-6.12-arm64` metapackages'
-//! dependencies, so they follow the archive. The unsigned package is preferred (the same kernel
-//! without the Secure Boot signature); the signed one is taken when it is the only one.
+//! Two series can be asked for ([`KernelSeries`]), each cached in a directory of its own:
+//! - `6.12` (the default): bookworm-backports' 6.12 (`linux-image-6.12.*+deb12-arm64-unsigned`),
+//!   then any other 6.12 apt offers, then bookworm's 6.1 when apt has no 6.12 at all;
+//! - `6.1`: bookworm's 6.1 (`linux-image-6.1.0-*-arm64-unsigned`) and nothing else.
+//!
+//! The exact package names come from the `linux-image-arm64` and `linux-image-6.12-arm64`
+//! metapackages' dependencies, so they follow the archive. The unsigned package is preferred
+//! (the same kernel without the Secure Boot signature); the signed one is taken when it is the
+//! only one.
 
 use super::apt::{self, Apt, DebPackage, Stanza};
 use crate::Result;
@@ -16,8 +20,65 @@ const IMAGE_MAGIC_OFFSET: usize = 0x38;
 const IMAGE_MAGIC: &[u8; 4] = b"ARM\x64";
 const GZIP_MAGIC: &[u8; 2] = b"\x1f\x8b";
 
-/// The metapackages whose dependencies name the kernel packages.
-const METAPACKAGES: &[&str] = &["linux-image-arm64", "linux-image-6.12-arm64"];
+/// Which Debian kernel series the guest runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum KernelSeries {
+    /// bookworm-backports' 6.12, falling back to bookworm's 6.1 when apt offers no 6.12.
+    #[default]
+    Linux6_12,
+    /// bookworm's 6.1 only.
+    Linux6_1,
+}
+
+impl KernelSeries {
+    /// Every series, as `--debian-kernel` names them.
+    pub(crate) const ALL: &[Self] = &[Self::Linux6_12, Self::Linux6_1];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Linux6_12 => "6.12",
+            Self::Linux6_1 => "6.1",
+        }
+    }
+
+    pub(crate) fn parse(name: &str) -> Result<Self> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|series| series.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|s| s.name()).collect();
+                format!(
+                    "unknown Debian kernel series `{name}` ({})",
+                    names.join(", ")
+                )
+                .into()
+            })
+    }
+
+    /// The suffix of this series' cache entries (`kernel{suffix}/`, `initramfs{suffix}.cpio`):
+    /// none for the default, so that caches made before there was a choice stay valid.
+    pub(crate) fn cache_suffix(self) -> &'static str {
+        match self {
+            Self::Linux6_12 => "",
+            Self::Linux6_1 => "-6.1",
+        }
+    }
+
+    /// The metapackages whose dependencies name this series' kernel packages.
+    fn metapackages(self) -> &'static [&'static str] {
+        match self {
+            Self::Linux6_12 => &["linux-image-arm64", "linux-image-6.12-arm64"],
+            Self::Linux6_1 => &["linux-image-arm64"],
+        }
+    }
+}
+
+impl std::fmt::Display for KernelSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// An unpacked kernel.
 #[derive(Clone, Debug)]
@@ -56,10 +117,10 @@ pub(crate) fn image_format(head: &[u8]) -> ImageFormat {
     }
 }
 
-/// Downloads (once) and unpacks an arm64 Debian kernel under `cache`; returns where its parts
-/// are. A later call finds it there without asking apt.
-pub(crate) fn fetch_kernel(cache: &Path) -> Result<Kernel> {
-    let root = cache.join("kernel");
+/// Downloads (once) and unpacks an arm64 Debian kernel of `series` under `cache`; returns where
+/// its parts are. A later call finds it there without asking apt.
+pub(crate) fn fetch_kernel(cache: &Path, series: KernelSeries) -> Result<Kernel> {
+    let root = cache.join(format!("kernel{}", series.cache_suffix()));
     if let Some(package) = apt::read_stamp(&root) {
         println!(
             "xtask: guest: kernel {} {} (cached in {}; delete it to fetch again)",
@@ -70,7 +131,7 @@ pub(crate) fn fetch_kernel(cache: &Path) -> Result<Kernel> {
         return locate(&root, &package, cache);
     }
     let mut apt = Apt::new()?;
-    let package = choose_kernel_package(&mut apt)?;
+    let package = choose_kernel_package(&mut apt, series)?;
     println!("xtask: guest: kernel package {package}");
     apt.download_and_unpack(&package, cache, &root)?;
     let kernel = locate(&root, &package, cache)?;
@@ -78,12 +139,13 @@ pub(crate) fn fetch_kernel(cache: &Path) -> Result<Kernel> {
     Ok(kernel)
 }
 
-fn choose_kernel_package(apt: &mut Apt) -> Result<DebPackage> {
+fn choose_kernel_package(apt: &mut Apt, series: KernelSeries) -> Result<DebPackage> {
+    let metapackages = series.metapackages();
     let mut stanzas = Vec::new();
-    for meta in METAPACKAGES {
+    for meta in metapackages {
         stanzas.extend(apt.show(meta)?);
     }
-    let choices = rank_kernel_choices(&stanzas);
+    let choices = rank_kernel_choices(&stanzas, series);
     if choices.is_empty() {
         let hint = if apt::is_root() {
             ""
@@ -91,8 +153,8 @@ fn choose_kernel_package(apt: &mut Apt) -> Result<DebPackage> {
             " (as root, `apt-get update` may find them)"
         };
         return Err(format!(
-            "no arm64 Linux kernel package found by apt: none of {} names one{hint}",
-            METAPACKAGES.join(", ")
+            "no arm64 Linux {series} kernel package found by apt: none of {} names one{hint}",
+            metapackages.join(", ")
         )
         .into());
     }
@@ -114,9 +176,13 @@ fn choose_kernel_package(apt: &mut Apt) -> Result<DebPackage> {
     .into())
 }
 
-/// The kernel packages the metapackages depend on, best first: 6.12 from backports, other
-/// 6.12, 6.1, then anything else; within a rank, in apt's order.
-pub(crate) fn rank_kernel_choices(metapackages: &[Stanza]) -> Vec<(String, String)> {
+/// The kernel packages the metapackages depend on that `series` may take, best first; within a
+/// rank, in apt's order. For 6.12: 6.12 from backports, other 6.12, 6.1, then anything else.
+/// For 6.1: 6.1 only.
+pub(crate) fn rank_kernel_choices(
+    metapackages: &[Stanza],
+    series: KernelSeries,
+) -> Vec<(String, String)> {
     let mut choices: Vec<(u8, String, String)> = Vec::new();
     for stanza in metapackages {
         let Some((name, version)) = exact_dependency(&stanza.depends) else {
@@ -125,14 +191,18 @@ pub(crate) fn rank_kernel_choices(metapackages: &[Stanza]) -> Vec<(String, Strin
         if !name.starts_with("linux-image-") || choices.iter().any(|(_, n, _)| *n == name) {
             continue;
         }
-        let rank = if name.starts_with("linux-image-6.12.") && version.contains("bpo") {
-            0
-        } else if name.starts_with("linux-image-6.12.") {
-            1
-        } else if name.starts_with("linux-image-6.1.") {
-            2
-        } else {
-            3
+        let is_6_1 = name.starts_with("linux-image-6.1.");
+        let rank = match series {
+            KernelSeries::Linux6_1 if is_6_1 => 0,
+            KernelSeries::Linux6_1 => continue,
+            KernelSeries::Linux6_12
+                if name.starts_with("linux-image-6.12.") && version.contains("bpo") =>
+            {
+                0
+            }
+            KernelSeries::Linux6_12 if name.starts_with("linux-image-6.12.") => 1,
+            KernelSeries::Linux6_12 if is_6_1 => 2,
+            KernelSeries::Linux6_12 => 3,
         };
         choices.push((rank, name, version));
     }
@@ -282,7 +352,7 @@ mod tests {
             meta("0", "linux-image-6.1.0-50-arm64 (= 6.1.176-1)"),
             meta("1", "something-else"),
         ];
-        let choices = rank_kernel_choices(&stanzas);
+        let choices = rank_kernel_choices(&stanzas, KernelSeries::Linux6_12);
         let names: Vec<&str> = choices.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
@@ -293,5 +363,42 @@ mod tests {
             ]
         );
         assert_eq!(choices[0].1, "6.12.95-1~bpo12+1");
+    }
+
+    #[test]
+    fn the_6_1_series_takes_6_1_only_newest_first_as_apt_lists_it() {
+        // `apt-cache show linux-image-arm64:arm64` on bookworm with backports and security.
+        let stanzas = [
+            meta(
+                "6.12.95-1~bpo12+1",
+                "linux-image-6.12.95+deb12-arm64 (= 6.12.95-1~bpo12+1)",
+            ),
+            meta("6.1.192-3", "linux-image-6.1.0-57-arm64 (= 6.1.192-3)"),
+            meta("6.1.176-1", "linux-image-6.1.0-50-arm64 (= 6.1.176-1)"),
+        ];
+        let choices = rank_kernel_choices(&stanzas, KernelSeries::Linux6_1);
+        assert_eq!(
+            choices,
+            [
+                ("linux-image-6.1.0-57-arm64".into(), "6.1.192-3".into()),
+                ("linux-image-6.1.0-50-arm64".into(), "6.1.176-1".into()),
+            ]
+        );
+        assert!(rank_kernel_choices(&stanzas[..1], KernelSeries::Linux6_1).is_empty());
+    }
+
+    #[test]
+    fn series_are_named_and_cached_apart() {
+        assert_eq!(KernelSeries::default(), KernelSeries::Linux6_12);
+        for series in KernelSeries::ALL {
+            assert_eq!(KernelSeries::parse(series.name()).unwrap(), *series);
+        }
+        assert!(KernelSeries::parse("5.10").is_err());
+        // The default keeps the cache directory it had before there was a choice.
+        assert_eq!(KernelSeries::Linux6_12.cache_suffix(), "");
+        assert_ne!(
+            KernelSeries::Linux6_1.cache_suffix(),
+            KernelSeries::Linux6_12.cache_suffix()
+        );
     }
 }

@@ -6,7 +6,9 @@
 //! without network. Any error says why, so that the runner can fall back to the bare-metal guest.
 //!
 //! Layout of the cache: `debs/` (downloaded packages), `kernel/` and `busybox/` (unpacked, each
-//! with a stamp naming its package), `initramfs.cpio`, `disk.img`.
+//! with a stamp naming its package), `initramfs.cpio`, `disk.img`; for a kernel series other than
+//! the default, `kernel-6.1/`, `initramfs-6.1.cpio` and `disk-6.1.img` beside them (busybox and
+//! the downloaded packages are shared).
 //!
 //! This module owns no QEMU process; it only says which arguments attach the disk.
 
@@ -19,7 +21,7 @@ mod modules;
 
 pub(crate) use disk::make_disk;
 pub(crate) use initramfs::{Initramfs, build_initramfs};
-pub(crate) use kernel::{Kernel, fetch_kernel};
+pub(crate) use kernel::{Kernel, KernelSeries, fetch_kernel};
 
 use crate::Result;
 use std::path::{Path, PathBuf};
@@ -39,13 +41,19 @@ pub(crate) struct GuestAssets {
     pub(crate) disk: PathBuf,
 }
 
-/// Fetches (once) the kernel and busybox, builds the initramfs and writes a fresh disk image.
-pub(crate) fn prepare(cache: &Path) -> Result<GuestAssets> {
+/// Fetches (once) the kernel of `series` and busybox, builds the initramfs and writes a fresh
+/// disk image.
+pub(crate) fn prepare(cache: &Path, series: KernelSeries) -> Result<GuestAssets> {
     std::fs::create_dir_all(cache)
         .map_err(|e| format!("creating the guest cache {}: {e}", cache.display()))?;
-    let kernel = fetch_kernel(cache)?;
+    let suffix = series.cache_suffix();
+    let kernel = fetch_kernel(cache, series)?;
     let busybox = fetch_busybox(cache)?;
-    let initramfs = build_initramfs(&kernel, &busybox, &cache.join("initramfs.cpio"))?;
+    let initramfs = build_initramfs(
+        &kernel,
+        &busybox,
+        &cache.join(format!("initramfs{suffix}.cpio")),
+    )?;
     println!(
         "xtask: guest: {} ({}; modules: {})",
         initramfs.path.display(),
@@ -56,7 +64,7 @@ pub(crate) fn prepare(cache: &Path) -> Result<GuestAssets> {
             initramfs.modules.join(" ")
         }
     );
-    let disk = cache.join("disk.img");
+    let disk = cache.join(format!("disk{suffix}.img"));
     make_disk(&disk)?;
     Ok(GuestAssets {
         kernel,
@@ -120,6 +128,94 @@ pub(crate) fn find_verdict(console: &str) -> Option<GuestVerdict> {
     })
 }
 
+/// The value of `key` in a verdict's details, which are `key=value` words
+/// (`kernel=6.12.95+deb12-arm64 iommu=none groups=0 ...`).
+pub(crate) fn verdict_field<'a>(details: &'a str, key: &str) -> Option<&'a str> {
+    details.split_whitespace().find_map(|word| {
+        let (k, v) = word.split_once('=')?;
+        (k == key).then_some(v)
+    })
+}
+
+/// A count in the verdict: `Some(Some(n))` for a number, `Some(None)` for `unknown` (the guest
+/// could not count), `None` when the field is missing or malformed.
+fn verdict_count(details: &str, key: &str) -> Option<Option<u64>> {
+    match verdict_field(details, key)? {
+        "unknown" => Some(None),
+        value => value.parse().ok().map(Some),
+    }
+}
+
+/// What the guest's IOMMU did during its disk I/O, from its verdict, beside what the hypervisor
+/// counted over the same run: the two halves of "hypervisor traps per Linux DMA unmap".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LinuxDmaFigures {
+    /// `iommu-maps=`: `iommu:map` tracepoint hits during the I/O phase; `None` when the guest
+    /// could not count (`unknown`: no tracefs or no such event).
+    pub(crate) maps: Option<u64>,
+    /// `iommu-unmaps=`: `iommu:unmap` tracepoint hits during the I/O phase, likewise.
+    pub(crate) unmaps: Option<u64>,
+    /// The hypervisor's exit counters as it logged them at the end of the run (`exits: KIND N`),
+    /// in log order. They cover the whole run (boot included), not only the guest's I/O phase.
+    pub(crate) exits: Vec<(String, u64)>,
+}
+
+impl LinuxDmaFigures {
+    /// The exits of the named kinds (every kind when `kinds` is empty) per guest unmap; `None`
+    /// when the guest made no unmap or could not count them.
+    pub(crate) fn exits_per_unmap(&self, kinds: &[&str]) -> Option<f64> {
+        let unmaps = self.unmaps.filter(|&n| n > 0)?;
+        let exits: u64 = self
+            .exits
+            .iter()
+            .filter(|(kind, _)| kinds.is_empty() || kinds.contains(&kind.as_str()))
+            .map(|(_, n)| n)
+            .sum();
+        #[allow(clippy::cast_precision_loss)]
+        Some(exits as f64 / unmaps as f64)
+    }
+
+    /// One line for a person: the guest's counts, and the hypervisor's exits per unmap.
+    pub(crate) fn summary(&self) -> String {
+        let count = |n: Option<u64>| n.map_or_else(|| "unknown".to_string(), |n| n.to_string());
+        let exits: u64 = self.exits.iter().map(|(_, n)| n).sum();
+        let per_unmap = self
+            .exits_per_unmap(&[])
+            .map_or_else(String::new, |r| format!(", {r:.1} per guest unmap"));
+        format!(
+            "guest IOMMU during its I/O: {} maps, {} unmaps; hypervisor exits in the whole run: \
+             {exits}{per_unmap}",
+            count(self.maps),
+            count(self.unmaps),
+        )
+    }
+}
+
+/// The guest's IOMMU map and unmap counts from its `GUEST VERDICT: PASS` line in `console`,
+/// and the hypervisor's exit counters from its decoded log lines (`hyp_log`). `None` when there
+/// is no passing verdict or it does not report the counts (a guest built before it did).
+pub(crate) fn dma_figures(console: &str, hyp_log: &[String]) -> Option<LinuxDmaFigures> {
+    let GuestVerdict::Pass(details) = find_verdict(console)? else {
+        return None;
+    };
+    let maps = verdict_count(&details, "iommu-maps")?;
+    let unmaps = verdict_count(&details, "iommu-unmaps")?;
+    let exits = hyp_log
+        .iter()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("exits: ")?;
+            let mut words = rest.split_whitespace();
+            let (kind, count) = (words.next()?, words.next()?.parse().ok()?);
+            words.next().is_none().then(|| (kind.to_string(), count))
+        })
+        .collect();
+    Some(LinuxDmaFigures {
+        maps,
+        unmaps,
+        exits,
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -142,6 +238,99 @@ mod tests {
         );
         assert_eq!(find_verdict("GUEST VERDICT: MAYBE\n"), None);
         assert_eq!(find_verdict(""), None);
+    }
+
+    const VSMMU_VERDICT: &str = "GUEST VERDICT: PASS kernel=6.12.95+deb12-arm64 \
+        iommu=smmu3.0x0000000009050000 groups=1 vda-group=0 domain=DMA iommu-maps=52 \
+        iommu-unmaps=48 read=64KiB-direct write+readback=64KiB@block1024 md5=5de96344";
+
+    #[test]
+    fn verdict_fields_are_found_by_key() {
+        let details = match find_verdict(VSMMU_VERDICT) {
+            Some(GuestVerdict::Pass(details)) => details,
+            other => unreachable!("{other:?}"),
+        };
+        assert_eq!(
+            verdict_field(&details, "iommu"),
+            Some("smmu3.0x0000000009050000")
+        );
+        assert_eq!(verdict_field(&details, "domain"), Some("DMA"));
+        assert_eq!(verdict_field(&details, "iommu-unmaps"), Some("48"));
+        // A key matches whole, not as a prefix or suffix of another.
+        assert_eq!(verdict_field(&details, "maps"), None);
+        assert_eq!(verdict_field(&details, "unmaps"), None);
+        assert_eq!(verdict_field(&details, "iommu-map"), None);
+        assert_eq!(verdict_count(&details, "groups"), Some(Some(1)));
+        assert_eq!(verdict_count("groups=unknown", "groups"), Some(None));
+        assert_eq!(verdict_count("groups=-1", "groups"), None);
+        assert_eq!(verdict_count("iommu=none", "groups"), None);
+    }
+
+    #[test]
+    fn dma_figures_pair_the_guests_unmaps_with_the_hypervisors_exits() {
+        let log: Vec<String> = [
+            "0.12 INFO  SMMU: 65536 guest streams 0x0 to 0xffff translate through stage 2",
+            "8.113 INFO  SMMU events: 0 in all, 0 stage-2 read faults",
+            "8.113286 INFO  exits: Hvc 0",
+            "8.113414 INFO  exits: Smc 8",
+            "8.113520 INFO  exits: MmioHandled 470",
+            "8.114176 INFO  exits: InterruptSgi 664",
+            "8.2 INFO  exits: something else 3",
+            "8.116766 INFO  hypervisor exit: status 0",
+        ]
+        .map(String::from)
+        .to_vec();
+        let console = format!("[    1.0] booting\r\nguest: insmod x\r\n{VSMMU_VERDICT}\r\n");
+        let figures = dma_figures(&console, &log).unwrap();
+        assert_eq!(figures.maps, Some(52));
+        assert_eq!(figures.unmaps, Some(48));
+        assert_eq!(
+            figures.exits,
+            [
+                ("Hvc".to_string(), 0),
+                ("Smc".to_string(), 8),
+                ("MmioHandled".to_string(), 470),
+                ("InterruptSgi".to_string(), 664),
+            ]
+        );
+        assert_eq!(
+            figures.exits_per_unmap(&["MmioHandled", "Hvc"]),
+            Some(470.0 / 48.0)
+        );
+        assert_eq!(figures.exits_per_unmap(&[]), Some(1142.0 / 48.0));
+        assert_eq!(
+            figures.summary(),
+            "guest IOMMU during its I/O: 52 maps, 48 unmaps; hypervisor exits in the whole run: \
+             1142, 23.8 per guest unmap"
+        );
+
+        // Today's guest without an IOMMU: counted, but nothing to divide by.
+        let none = "GUEST VERDICT: PASS kernel=6.1.0-57-arm64 iommu=none groups=0 vda-group=none \
+                    domain=none iommu-maps=0 iommu-unmaps=0 read=64KiB-direct\n";
+        let figures = dma_figures(none, &log).unwrap();
+        assert_eq!((figures.maps, figures.unmaps), (Some(0), Some(0)));
+        assert_eq!(figures.exits_per_unmap(&[]), None);
+        assert!(
+            figures
+                .summary()
+                .ends_with("0 maps, 0 unmaps; hypervisor exits in the whole run: 1142")
+        );
+
+        // A guest that could not count, a failing guest, a guest from before the counts.
+        let unknown = "GUEST VERDICT: PASS iommu=none iommu-maps=unknown iommu-unmaps=unknown\n";
+        let figures = dma_figures(unknown, &[]).unwrap();
+        assert_eq!((figures.maps, figures.unmaps), (None, None));
+        assert!(figures.exits.is_empty());
+        assert_eq!(figures.exits_per_unmap(&[]), None);
+        assert!(figures.summary().contains("unknown maps, unknown unmaps"));
+        assert_eq!(dma_figures("GUEST VERDICT: FAIL no /dev/vda\n", &log), None);
+        assert_eq!(
+            dma_figures(
+                "GUEST VERDICT: PASS kernel=6.12 iommu=none domain=none\n",
+                &log
+            ),
+            None
+        );
     }
 
     #[test]
