@@ -171,7 +171,9 @@ cases! {
 }
 
 /// Cases QEMU 10.0's SMMU is known to fail because it departs from the architecture, with
-/// where the architecture says otherwise. A runner on QEMU reports these as deviations.
+/// where the architecture says otherwise. A runner on QEMU reports these as deviations; the
+/// hypervisor's (`hyp.selftest=conformance-suite`, scenario `smmu-conformance-suite`) confirms
+/// each fails there at the check described, and fails its run if one passes.
 pub const QEMU_DEVIATIONS: &[(&str, &str)] = &[
     (
         "event-queue-overflow",

@@ -1,7 +1,7 @@
-//! How a runner on QEMU reads a case's [`Outcome`] against [`QEMU_DEVIATIONS`]: a failure the
-//! list names is a known deviation, any other failure is a failure, and a listed case that
-//! passes is reported apart, so that a deviation that went away (or a list that was wrong)
-//! stands out instead of passing quietly.
+//! How a runner on QEMU reads a case's [`Outcome`] against
+//! [`QEMU_DEVIATIONS`](crate::QEMU_DEVIATIONS): a failure the list names is a known deviation,
+//! any other failure is a failure, and a listed case that passes is reported apart, so that a
+//! deviation that went away (or a list that was wrong) stands out instead of passing quietly.
 //!
 //! This module owns that classification and the tally of a run. It decides nothing about what
 //! a case checks, and does no logging: the runner prints each [`QemuVerdict`] as it can.
