@@ -700,6 +700,57 @@ mod tests {
     }
 
     #[test]
+    fn the_conformance_suite_scenario_expects_one_outcome_per_case_and_every_listed_deviation() {
+        let scenario = SCENARIOS
+            .iter()
+            .find(|s| s.name == "smmu-conformance-suite");
+        assert!(scenario.is_some(), "no smmu-conformance-suite scenario");
+        let Some(scenario) = scenario else { return };
+        let lines: Vec<&str> = scenario
+            .expect_log
+            .iter()
+            .filter_map(|line| line.strip_prefix("conformance-case "))
+            .collect();
+        let names: Vec<&str> = lines
+            .iter()
+            .map(|line| line.split(':').next().unwrap_or(""))
+            .collect();
+        let cases: Vec<&str> = smmu_conformance::CASES.iter().map(|c| c.name).collect();
+        assert_eq!(
+            names, cases,
+            "one expected line per case, in the suite's order"
+        );
+        for (name, line) in names.iter().zip(&lines) {
+            let listed = smmu_conformance::qemu_deviation(name).is_some();
+            assert_eq!(line.contains(": KNOWN DEVIATION: "), listed, "{line}");
+        }
+        let expected = |text: &str| {
+            scenario
+                .expect_counts
+                .iter()
+                .find(|(pattern, _)| *pattern == text)
+                .map(|(_, count)| *count)
+        };
+        let listed = smmu_conformance::QEMU_DEVIATIONS.len() as u64;
+        assert_eq!(
+            expected("failed, {} known deviations"),
+            Some(Count::Exactly(listed))
+        );
+        let total = [
+            "conformance-suite: {} passed",
+            "deviations, {} not applicable",
+        ]
+        .iter()
+        .filter_map(|text| match expected(text) {
+            Some(Count::Exactly(n)) => Some(n),
+            _ => None,
+        })
+        .sum::<u64>()
+            + listed;
+        assert_eq!(total, cases.len() as u64);
+    }
+
+    #[test]
     fn a_check_fails_on_wrong_status_missing_text_or_wrong_order() {
         let s = Scenario {
             name: "t",
