@@ -355,6 +355,8 @@ fn run_self_test(name: &str, platform: &board::Platform, el2_map: &mut Mapping<P
     match name {
         // Issue 3 item 5: the SMMU conformance cases, with `edu` DMA (see `crate::selftest`).
         "smmu-conformance" => crate::selftest::smmu::run(platform, el2_map),
+        // The `smmu-conformance` crate's whole suite on the physical SMMU (its QEMU column).
+        "conformance-suite" => crate::selftest::conformance::run(platform, el2_map),
         // The hypervisor's own costs in instructions (`cargo xtask bench`, under -icount).
         "bench" => {
             crate::bench::run();

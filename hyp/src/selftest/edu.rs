@@ -13,6 +13,13 @@
 
 use crate::arch::mmio::DeviceWindow;
 use crate::arch::sysreg;
+use crate::page_pool::PagePool;
+use aarch64_paging::{Mapping, paging::El2};
+use board::RequesterId;
+use smmu::{PhysRange, StreamId};
+
+/// Where the self-tests expect `edu`: bus 0, device 1, function 0.
+const EDU_FUNCTION: (u8, u8, u8) = (0, 1, 0);
 
 /// Configuration space offsets and values.
 const CONFIG_ID: usize = 0x00;
@@ -75,6 +82,53 @@ pub enum Direction {
 #[derive(Debug)]
 pub struct Edu {
     registers: DeviceWindow,
+}
+
+/// Finds `edu` at 00:01.0, maps its configuration page and the first page of BAR0 into the
+/// live EL2 map, places BAR0 at the start of the 32-bit PCI memory window and probes it;
+/// returns the device and its stream ID.
+///
+/// Only a self-test that owns the SMMU may call this, with no guest running: the device's DMA
+/// then reaches only what the test's STE for the returned stream lets it.
+///
+/// # Errors
+///
+/// What could not be set up, in words (the detail is logged).
+pub fn attach(
+    platform: &board::Platform,
+    el2_map: &mut Mapping<PagePool, El2>,
+) -> Result<(Edu, StreamId), &'static str> {
+    let (bus, device, function) = EDU_FUNCTION;
+    let requester = RequesterId::new(bus, device, function).ok_or("edu's requester ID")?;
+    let stream = platform
+        .pcie
+        .stream_id(requester)
+        .ok_or("edu's stream ID: the platform's iommu-map does not cover 00:01.0")?;
+    let config = PhysRange::new(
+        platform.pcie.ecam.base.get() + (u64::from(requester.0) << 12),
+        CONFIG_PAGE_SIZE,
+    );
+    let bar0 = PhysRange::new(platform.pcie.mmio32.base.get(), REGISTER_PAGE_SIZE);
+    if let Err(window) = super::map_device_windows(
+        el2_map,
+        &[("edu configuration page", config), ("edu BAR0", bar0)],
+    ) {
+        defmt::error!("could not map {=str}", window);
+        return Err("EL2 map");
+    }
+    // SAFETY: `config` is 00:01.0's ECAM page and `bar0` the start of the 32-bit PCI memory
+    // window, which nothing else uses (no guest runs), both just mapped as device memory and
+    // never unmapped (the self-test ends the run); the caller owns the function's stream.
+    let edu = unsafe { Edu::probe(config.base.get(), bar0.base.get()) }.map_err(|error| {
+        defmt::error!("edu at 00:01.0: {}", error);
+        "no edu device (QEMU needs -device edu,addr=1,dma_mask=...)"
+    })?;
+    defmt::info!(
+        "edu at 00:01.0, stream {=u32:#x}, BAR0 at {=u64:#x}",
+        stream.get(),
+        bar0.base.get()
+    );
+    Ok((edu, stream))
 }
 
 impl Edu {

@@ -3,11 +3,14 @@
 //!
 //! - [`smmu`]: `smmu-conformance`, the hypervisor's SMMU stack (stage-2 tables, `smmu::entry`'s
 //!   make and install, the driver's queues) against the physical SMMU, with `edu` DMA.
+//! - [`conformance`]: `conformance-suite`, the whole `smmu-conformance` suite (the crate's
+//!   cases, written once against its harness trait) against the physical SMMU, with `edu` DMA.
 //! - [`edu`]: QEMU's `edu` PCI device as a DMA master at EL2.
 //!
 //! A self-test may map device windows the normal boot never maps (the PCIe configuration page
 //! and BAR of its device), with [`map_device_windows`], only once it has been selected.
 
+pub mod conformance;
 pub mod edu;
 pub mod smmu;
 

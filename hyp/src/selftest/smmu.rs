@@ -28,7 +28,6 @@ use aarch64_paging::{
     descriptor::PhysicalAddress,
     paging::{Constraints, El2, MemoryRegion, Stage2},
 };
-use board::RequesterId;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 use smmu::cd::Cd;
@@ -53,9 +52,6 @@ use smmu::registers::{QueueBase, offset};
 use smmu::ste::{S1Dss, S1Fmt, Ste};
 use smmu::translation::{AddressSize, Cacheability, Granule, Shareability};
 use smmu::{Asid, Ipa, PhysAddr, PhysRange, StreamId, SubstreamId, Vmid};
-
-/// The function the test drives: `edu` at bus 0, device 1, function 0.
-const EDU_FUNCTION: (u8, u8, u8) = (0, 1, 0);
 
 const PAGE: u64 = 4096;
 const WORDS_PER_PAGE: usize = 512;
@@ -412,40 +408,10 @@ struct Conformance<'a> {
 
 /// Runs the self-test and ends the run with its verdict.
 pub fn run(platform: &board::Platform, el2_map: &mut Mapping<PagePool, El2>) -> ! {
-    let (bus, device, function) = EDU_FUNCTION;
-    let Some(requester) = RequesterId::new(bus, device, function) else {
-        setup_failed("edu's requester ID")
+    let (edu, stream) = match edu::attach(platform, el2_map) {
+        Ok(attached) => attached,
+        Err(why) => setup_failed(why),
     };
-    let Some(stream) = platform.pcie.stream_id(requester) else {
-        setup_failed("edu's stream ID: the platform's iommu-map does not cover 00:01.0")
-    };
-    let config = PhysRange::new(
-        platform.pcie.ecam.base.get() + (u64::from(requester.0) << 12),
-        edu::CONFIG_PAGE_SIZE,
-    );
-    let bar0 = PhysRange::new(platform.pcie.mmio32.base.get(), edu::REGISTER_PAGE_SIZE);
-    if let Err(window) = super::map_device_windows(
-        el2_map,
-        &[("edu configuration page", config), ("edu BAR0", bar0)],
-    ) {
-        defmt::error!("could not map {=str}", window);
-        setup_failed("EL2 map");
-    }
-    // SAFETY: `config` is 00:01.0's ECAM page and `bar0` the start of the 32-bit PCI memory
-    // window, which nothing else uses (no guest runs), both just mapped as device memory and
-    // kept mapped until the run ends; the test owns the function's stream (below).
-    let edu = match unsafe { Edu::probe(config.base.get(), bar0.base.get()) } {
-        Ok(edu) => edu,
-        Err(error) => {
-            defmt::error!("edu at 00:01.0: {}", error);
-            setup_failed("no edu device (QEMU needs -device edu,addr=1,dma_mask=...)");
-        }
-    };
-    defmt::info!(
-        "smmu-conformance: edu at 00:01.0, stream {=u32:#x}, BAR0 at {=u64:#x}",
-        stream.get(),
-        bar0.base.get()
-    );
 
     let mut guard = SMMU.lock();
     let Some(driver) = guard.as_mut() else {

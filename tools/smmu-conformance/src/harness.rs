@@ -3,26 +3,28 @@
 //! This module owns the trait and the small types of its signatures. It is the only thing a
 //! new platform implements; everything else in the crate is written against it.
 //!
-//! # Implementing it at EL2 over QEMU's `edu`
+//! # Implemented at EL2 over QEMU's `edu`
+//!
+//! `hyp/src/selftest/conformance.rs` (`El2Harness`, run by `hyp.selftest=conformance-suite`):
 //!
 //! - `Registers`, `Memory`, `Platform`: the hypervisor's own `SmmuRegisters`, `StaticDma`,
 //!   `HypPlatform`; [`Harness::driver`] returns its reset, enabled `PhysicalSmmu`.
-//! - `Tables`: its `PagePool` over a static frame array (as `DOMAIN_TABLES` in
-//!   `hyp/src/selftest/smmu.rs`); [`Harness::domain_tables`] hands it over once.
-//! - The test pages: a static, page-aligned array of at least [`MIN_PAGES`] frames in the
-//!   image's bss (identity mapped, so an address is a pointer), read and written with volatile
-//!   64-bit accesses; [`Harness::barrier`] is `DSB SY`.
+//! - `Tables`: its `PagePool` over a static frame array; [`Harness::domain_tables`] hands it
+//!   over once.
+//! - The test pages: a static, page-aligned array of 64 frames in the image's bss (identity
+//!   mapped, so an address is a pointer), read and written with volatile 64-bit accesses;
+//!   [`Harness::barrier`] is `DSB SY`.
 //! - [`Harness::dma`]: `edu`'s DMA registers (source, destination, count, command) with the
 //!   device buffer at 0x40000, polled to completion with a deadline. `edu` cannot say whether a
-//!   transfer faulted, so [`DmaResult::faulted`] is `None`; QEMU translates every 4 bytes on its
-//!   own, so [`Harness::transaction_bytes`] is 4. No substreams: `ssid` is always `None` there
-//!   (cases that need one are not applicable).
+//!   transfer faulted, so [`DmaResult::faulted`] is `None`; QEMU translates every 4 bytes of a
+//!   blocked transfer on its own, so [`Harness::transaction_bytes`] is 4. No substreams: a
+//!   `ssid` is [`HarnessError::Unsupported`].
 //! - [`Harness::stream`]: `edu`'s stream ID (8 on QEMU `virt`).
-//! - [`Harness::device`]: everything `false` (no PASID, ATS or PRI at `edu`; QEMU's caches are
-//!   not documented to keep every entry, and its invalidations complete when consumed).
-//! - [`Harness::page_count`]: at least [`MIN_PAGES`] (the self-test's 14 pages are too few: the
-//!   cases build their tables in test pages), physically contiguous at least for pages 4 and 5
-//!   (the stage-2 domain case's pin table covers them).
+//! - [`Harness::device`]: no PASID, ATS or PRI; `keeps_stale_entries` (QEMU's configuration
+//!   cache and IOTLB keep an entry until a CFGI or TLBI names it, the IOTLB being emptied whole
+//!   only at 256 entries); not `invalidation_waits_for_sync` (QEMU performs each command when
+//!   it consumes it).
+//! - [`Harness::store_behind_driver`]: one volatile store into the test stream's own STE.
 //! - The optional device operations (ATS, PRI) keep their defaults ([`Unsupported`]).
 //! - [`Harness::note`]: `defmt::info!` of the message and values.
 

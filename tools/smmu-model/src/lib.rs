@@ -43,7 +43,8 @@
 //! # Where QEMU (10.0) differs from the architecture
 //!
 //! Found while writing the model and the conformance suite; each is a case in the suite's
-//! known-deviation list (`smmu_conformance::QEMU_DEVIATIONS`) or noted here:
+//! known-deviation list (`smmu_conformance::QEMU_DEVIATIONS`, every one confirmed by the suite
+//! run from EL2 on QEMU, `hyp.selftest=conformance-suite`) or noted here:
 //!
 //! - A full event queue: QEMU drops the event and sets GERROR.EVTQ_ABT_ERR; the architecture
 //!   (7.4) sets EVENTQ_PROD.OVFLG and raises no global error.
@@ -62,6 +63,11 @@
 //!   transaction, which is what the model's functions do (one event per transaction).
 //! - QEMU asserts (stops the machine) on a stage-2 STE with S2AA64 = 0; the architecture makes
 //!   it ILLEGAL (C_BAD_STE) where VMSAv8-32 is not implemented.
+//!
+//! Not a deviation, but the one other difference the suite shows between this model's QEMU
+//! preset and QEMU: QEMU completes an invalidation when it consumes the command, this model at
+//! the next CMD_SYNC ([`InvalidationTiming::AtSync`]); the architecture allows both, so
+//! `invalidation-completes-at-sync` is not applicable on QEMU.
 
 pub mod caches;
 mod commands;

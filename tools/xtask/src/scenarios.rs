@@ -538,6 +538,104 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         timeout_secs: 120,
         ..DEFAULTS
     },
+    // The `smmu-conformance` crate's whole suite at EL2 (its QEMU column): every case's outcome
+    // on QEMU 10.0 exactly, the deviations from the architecture by the check that fails.
+    Scenario {
+        name: "smmu-conformance-suite",
+        description: "the hypervisor runs the smmu-conformance crate's 38 cases against QEMU's SMMU \
+                      from EL2, with edu DMA (hyp.selftest=conformance-suite): 18 pass, the 7 known \
+                      QEMU deviations fail exactly where the list says, 13 are not applicable \
+                      (substreams, ATS, PRI, stall, MSI; invalidations QEMU completes before a sync)",
+        guest: ScenarioGuest::None,
+        hyp_args: Some("hyp.selftest=conformance-suite"),
+        qemu_args: &["-device", "edu,addr=1,dma_mask=0xffffffffffffffff"],
+        expect_status: 0,
+        expect_console: &[],
+        expect_log: &[
+            "SMMU enabled: GBPA abort",
+            "conformance-suite: 38 cases, stream 0x8, 64 test pages",
+            "conformance-case stage2-dma-translates: PASS",
+            "conformance-case unmapped-iova-faults: PASS",
+            "conformance-case abort-ste-blocks: PASS",
+            "conformance-case missing-ste-aborts: PASS",
+            "conformance-case stage1-translates: PASS",
+            "conformance-case nested-translates: PASS",
+            "conformance-case hitless-stage2-replace: PASS",
+            "conformance-case illegal-command-recovered: PASS",
+            "conformance-case s2aa64-zero-refused: PASS",
+            "conformance-case stage2-domain-unmap-pins: PASS",
+            "conformance-case stage1-permission-fault: PASS",
+            "conformance-case cd-r-clear-suppresses-record: PASS",
+            "conformance-case stage2-permission-fault: PASS",
+            "conformance-case s2r-clear-suppresses-record: PASS",
+            // QEMU keeps stale translations and STEs until invalidated (the harness says so,
+            // so the cases insist; the notes show it happened).
+            "note: before TLBI_S2_IPA the old translation was used (1) or not (0): [0x1]",
+            "conformance-case stale-translation-until-tlbi: PASS",
+            "note: before CFGI_STE the old STE was used (1) or not (0): [0x1]",
+            "conformance-case stale-ste-until-cfgi: PASS",
+            "note: before TLBI_NH_ASID the old address space was used (1) or not (0): [0x1]",
+            "conformance-case cd-replace-hitless: PASS",
+            "conformance-case invalidation-completes-at-sync: NOT APPLICABLE (invalidations may \
+             complete before a sync here: nothing to observe)",
+            // QEMU keeps the 1024 records that fit, sets no OVFLG and raises EVTQ_ABT_ERR (0x4).
+            "note: events, overflows, global errors: [0x400, 0x0, 0x4]",
+            "conformance-case event-queue-overflow: KNOWN DEVIATION: a full event queue raised a \
+             global error",
+            "conformance-case atc-inv-illegal-without-ats: KNOWN DEVIATION: the SMMU did not \
+             report CERROR_ILL",
+            "conformance-case pri-resp-illegal-without-pri: KNOWN DEVIATION: the SMMU did not \
+             report CERROR_ILL",
+            "conformance-case resume-illegal-without-stall: KNOWN DEVIATION: the SMMU did not \
+             report CERROR_ILL",
+            "conformance-case tlbi-el2-illegal-without-hyp: KNOWN DEVIATION: the SMMU did not \
+             report CERROR_ILL",
+            "conformance-case tlbi-el3-illegal-on-non-secure-queue: KNOWN DEVIATION: the SMMU \
+             did not report CERROR_ILL",
+            "conformance-case s1cdmax-ignored-without-substreams: KNOWN DEVIATION: C_BAD_STE for \
+             an S1CDMax the SMMU must ignore",
+            "conformance-case cd-a-zero-illegal-when-abort-only: PASS",
+            "conformance-case substreams-select-address-spaces: NOT APPLICABLE (the SMMU has too \
+             few substreams)",
+            "conformance-case two-level-cd-table: NOT APPLICABLE (the SMMU has too few substreams)",
+            "conformance-case substream-rules: NOT APPLICABLE (the SMMU has too few substreams)",
+            "conformance-case ats-translation-and-atc-invalidation: NOT APPLICABLE (the SMMU has \
+             no ATS)",
+            "conformance-case ats-refused-and-faulting-requests: NOT APPLICABLE (the SMMU has no \
+             ATS)",
+            "conformance-case pri-group-answered-and-retried: NOT APPLICABLE (the SMMU has no PRI)",
+            "conformance-case pri-failure-responses: NOT APPLICABLE (the SMMU has no PRI)",
+            "conformance-case pri-stop-marker: NOT APPLICABLE (the SMMU has no PRI)",
+            "conformance-case pri-queue-overflow: NOT APPLICABLE (the SMMU has no PRI)",
+            "conformance-case stall-resume-retries: NOT APPLICABLE (the SMMU cannot choose to \
+             stall)",
+            "conformance-case stall-term-terminates: NOT APPLICABLE (the SMMU cannot choose to \
+             stall)",
+            "conformance-case cmd-sync-msi: NOT APPLICABLE (the SMMU has no MSIs)",
+            "hypervisor exit: status 0",
+        ],
+        expect_counts: &[
+            ("conformance-suite: {} passed", Count::Exactly(18)),
+            ("passed, {} failed", Count::Exactly(0)),
+            ("failed, {} known deviations", Count::Exactly(7)),
+            ("deviations, {} not applicable", Count::Exactly(13)),
+            ("applicable, {} deviations passed", Count::Exactly(0)),
+        ],
+        forbid_log: &[
+            "ERROR",
+            "global error",
+            "panic",
+            "FAIL",
+            "DEVIATION PASSED",
+            "stray events before the case",
+            "could not put the stream back to abort",
+            "store behind the driver refused",
+        ],
+        // The overflow case's deviation is the global error QEMU raises.
+        allow_log: &["conformance-case event-queue-overflow: KNOWN DEVIATION"],
+        timeout_secs: 60,
+        ..DEFAULTS
+    },
     Scenario {
         name: "bench-runs",
         description: "the hypervisor's cost self-test (hyp.selftest=bench, the source of `cargo xtask \
@@ -771,6 +869,57 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), SCENARIOS.len());
         assert!(!names.contains(&"host"));
+    }
+
+    #[test]
+    fn the_conformance_suite_scenario_expects_one_outcome_per_case_and_every_listed_deviation() {
+        let scenario = SCENARIOS
+            .iter()
+            .find(|s| s.name == "smmu-conformance-suite");
+        assert!(scenario.is_some(), "no smmu-conformance-suite scenario");
+        let Some(scenario) = scenario else { return };
+        let lines: Vec<&str> = scenario
+            .expect_log
+            .iter()
+            .filter_map(|line| line.strip_prefix("conformance-case "))
+            .collect();
+        let names: Vec<&str> = lines
+            .iter()
+            .map(|line| line.split(':').next().unwrap_or(""))
+            .collect();
+        let cases: Vec<&str> = smmu_conformance::CASES.iter().map(|c| c.name).collect();
+        assert_eq!(
+            names, cases,
+            "one expected line per case, in the suite's order"
+        );
+        for (name, line) in names.iter().zip(&lines) {
+            let listed = smmu_conformance::qemu_deviation(name).is_some();
+            assert_eq!(line.contains(": KNOWN DEVIATION: "), listed, "{line}");
+        }
+        let expected = |text: &str| {
+            scenario
+                .expect_counts
+                .iter()
+                .find(|(pattern, _)| *pattern == text)
+                .map(|(_, count)| *count)
+        };
+        let listed = smmu_conformance::QEMU_DEVIATIONS.len() as u64;
+        assert_eq!(
+            expected("failed, {} known deviations"),
+            Some(Count::Exactly(listed))
+        );
+        let total = [
+            "conformance-suite: {} passed",
+            "deviations, {} not applicable",
+        ]
+        .iter()
+        .filter_map(|text| match expected(text) {
+            Some(Count::Exactly(n)) => Some(n),
+            _ => None,
+        })
+        .sum::<u64>()
+            + listed;
+        assert_eq!(total, cases.len() as u64);
     }
 
     #[test]

@@ -106,9 +106,13 @@ pub(crate) fn test_command(args: &[String]) -> Result<ExitCode> {
             .and_then(|()| scenarios::check_console(scenario, &outcome.console));
             let seconds = start.elapsed().as_secs_f32();
             // Self-tests that run several cases in one boot report each as `smmu-case NAME:
-            // PASS|FAIL ...`; list them by name under the scenario.
+            // PASS|FAIL ...` (or `conformance-case NAME: VERDICT`); list them by name under
+            // the scenario.
             for line in &outcome.log.lines {
-                if let Some(case) = line.split("smmu-case ").nth(1) {
+                let case = ["smmu-case ", "conformance-case "]
+                    .iter()
+                    .find_map(|marker| line.split(marker).nth(1));
+                if let Some(case) = case {
                     println!("    {}", case.trim());
                 }
             }
