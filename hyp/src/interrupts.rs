@@ -109,6 +109,7 @@ struct Setup {
     ownership: Ownership,
     smmu_events: Option<u32>,
     smmu_global_errors: Option<u32>,
+    smmu_page_requests: Option<u32>,
     list_registers: usize,
 }
 
@@ -184,6 +185,7 @@ pub fn set_up(
     let implemented = (gic.read32(base + gicd::TYPER) & 0x1f).saturating_add(1) * 32;
     let smmu_events = smmu.eventq.or(smmu.combined).and_then(|i| i.intid());
     let smmu_global_errors = smmu.gerror.and_then(|i| i.intid());
+    let smmu_page_requests = smmu.priq.and_then(|i| i.intid());
     let mut hypervisor: heapless::Vec<u32, 8> = heapless::Vec::new();
     let smmu_all = [
         smmu.eventq,
@@ -229,7 +231,10 @@ pub fn set_up(
             HYPERVISOR_PRIORITY,
         );
         gic.write64(base + gicd::IROUTER + 8 * u64::from(intid), boot_cpu);
-        if Some(intid) == smmu_events || Some(intid) == smmu_global_errors {
+        if Some(intid) == smmu_events
+            || Some(intid) == smmu_global_errors
+            || Some(intid) == smmu_page_requests
+        {
             gic.write32(
                 base + gicd::ISENABLER + u64::from(intid / 32 * 4),
                 1 << (intid % 32),
@@ -255,6 +260,7 @@ pub fn set_up(
         ownership: ownership.clone(),
         smmu_events,
         smmu_global_errors,
+        smmu_page_requests,
         list_registers: hw::list_register_count(),
     });
     let mut guest_distributor = Distributor::new(base, gic, ownership.clone(), &guest_cpus);
@@ -437,6 +443,11 @@ fn handle_own(setup: &Setup, cpu: ThisCpu, intid: u32) {
                 guest_priority(setup, redistributor, intid)
             });
         }
+    } else if Some(intid) == setup.smmu_page_requests {
+        // Page requests (only with PRI, which QEMU's SMMU has not); left-overs on the timer.
+        if crate::vsmmu::drain_page_requests(EVENTS_PER_RUN) {
+            arm_in(1000);
+        }
     } else if Some(intid) == setup.smmu_events
         || Some(intid) == setup.smmu_global_errors
         || intid == EL2_TIMER
@@ -446,6 +457,9 @@ fn handle_own(setup: &Setup, cpu: ThisCpu, intid: u32) {
         }
         // Events left over (more than one run's budget) are taken on a deadline 1 ms on.
         if crate::arch::smmu::drain_events(EVENTS_PER_RUN, crate::vsmmu::offer_event) {
+            arm_in(1000);
+        }
+        if intid == EL2_TIMER && crate::vsmmu::drain_page_requests(EVENTS_PER_RUN) {
             arm_in(1000);
         }
         // Work a vSMMU trap left (its budget spent) continues here, a budget at a time.

@@ -128,6 +128,13 @@ impl PhysicalSmmu for SharedPhysical {
         let driver = guard.as_mut().ok_or(SharedPhysicalError::NotUp)?;
         PhysicalSmmu::sync(driver).map_err(SharedPhysicalError::Driver)
     }
+
+    fn pri_queue_position(&mut self) -> Option<nested::PriPosition> {
+        // None while the driver has no PRI queue (QEMU's SMMU has no PRI): the vSMMU then
+        // advertises none.
+        let mut guard = physical::SMMU.lock();
+        PhysicalSmmu::pri_queue_position(guard.as_mut()?)
+    }
 }
 
 /// The vSMMU's interrupt outputs, as the guest's INTIDs (the physical SMMU's, reused as
@@ -379,6 +386,52 @@ pub fn offer_event(event: &smmu::event::Event) -> bool {
     )
 }
 
+/// Page-request entries taken per lock hold of the physical SMMU.
+const PRI_CHUNK: usize = 32;
+
+/// Drains the physical PRI queue (on its interrupt), with a budget: each entry is taken with
+/// only the physical SMMU's lock held, then handed to the vSMMU (an overflow to every vSMMU),
+/// which forwards, answers or discards it; then the vSMMU learns how far the queue was
+/// drained, so that parked PASIDs waiting for it may quiesce. Nothing happens without a PRI
+/// queue (QEMU's SMMU has no PRI). Returns whether entries remain.
+pub fn drain_page_requests(budget: u32) -> bool {
+    let mut left = budget;
+    loop {
+        let chunk = left.min(PRI_CHUNK as u32);
+        let mut entries: heapless::Vec<(nested::PriPosition, nested::PriIntake), PRI_CHUNK> =
+            heapless::Vec::new();
+        let more = {
+            let mut guard = physical::SMMU.lock();
+            let Some(driver) = guard.as_mut() else {
+                return false;
+            };
+            match driver.drain_page_requests_at(chunk, |position, intake| {
+                let _ = entries.push((position, intake));
+            }) {
+                Ok(report) => report.remaining != 0,
+                Err(_) => return false,
+            }
+        };
+        if let Some(vsmmu) = VSMMU.get() {
+            let mut vsmmu = vsmmu.lock();
+            let mut next = None;
+            for (position, intake) in &entries {
+                let _ = vsmmu.handle_physical_page_request(*position, intake);
+                if !matches!(intake, nested::PriIntake::Overflowed) {
+                    next = Some(nested::PriPosition(position.0.saturating_add(1)));
+                }
+            }
+            if let Some(next) = next {
+                vsmmu.handle_pri_drained(next);
+            }
+        }
+        left -= chunk;
+        if !more || left == 0 {
+            return more;
+        }
+    }
+}
+
 /// Continues the vSMMU's pending work, one trap's budget of it (on the EL2 timer). Returns
 /// whether work is still left.
 pub fn run_pending() -> bool {
@@ -454,6 +507,28 @@ pub fn report() {
         c.events_withheld.iter().sum::<u64>(),
         c.continuations,
         c.physical_failures
+    );
+    defmt::info!(
+        "vSMMU PRI: {=u64} requests forwarded, {=u64} refused and answered, {=u64} refused and discarded, {=u64} stop markers, {=u64} responses forwarded, {=u64} responses dropped, {=u64} groups answered at teardown, {=u64} discarded by overflow",
+        c.pri_requests_forwarded,
+        c.pri_refused_answered.iter().sum::<u64>(),
+        c.pri_refused_discarded.iter().sum::<u64>(),
+        c.pri_stop_markers,
+        c.pri_responses_forwarded,
+        c.pri_responses_dropped.iter().sum::<u64>(),
+        c.pri_groups_answered_at_teardown,
+        c.pri_groups_discarded_by_overflow
+    );
+    let pasids = vsmmu.pasids();
+    defmt::info!(
+        "vSMMU PASIDs: {=u64} parks, {=u64} frees, {=u64} reuses, {=u64} replaces, {=u64} refusals; {=usize} live, {=usize} parked now",
+        c.pasid_parks,
+        c.pasid_frees,
+        c.pasid_reuses,
+        c.pasid_replaces,
+        c.pasid_refusals,
+        pasids.live,
+        pasids.parked
     );
     for register in nested::registers::VirtualRegister::ALL {
         let (reads, writes) = (

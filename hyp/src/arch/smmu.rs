@@ -52,6 +52,8 @@ static STREAM_TABLE_L2: DmaBuffer<{ 256 * 16 * 1024 }> = DmaBuffer::new();
 static COMMAND_QUEUE: DmaBuffer<{ 64 * 1024 }> = DmaBuffer::new();
 /// Event queue: 1024 records.
 static EVENT_QUEUE: DmaBuffer<{ 32 * 1024 }> = DmaBuffer::new();
+/// PRI queue: 256 page-request entries, used only if the SMMU has PRI (QEMU's has not).
+static PRI_QUEUE: DmaBuffer<{ 256 * 16 }> = DmaBuffer::new();
 /// The virtual SMMU's shadow CD tables: one 64-byte CD for each of 256 streams (QEMU's SMMU
 /// has no substreams). The SMMU reads them through the VM's stage 2 (a read-only window).
 static SHADOW_CDS: DmaBuffer<{ 256 * 64 }> = DmaBuffer::new();
@@ -154,11 +156,12 @@ pub enum BringUpError {
 /// Resets the SMMU to the hypervisor's configuration: every stream aborts (GBPA = ABORT, every
 /// STE invalid) until [`confine_streams`] gives a stream an entry.
 pub fn bring_up(registers: PhysRange) -> Result<(), BringUpError> {
-    let (Some(l1), Some(l2), Some(cmdq), Some(evtq)) = (
+    let (Some(l1), Some(l2), Some(cmdq), Some(evtq), Some(priq)) = (
         STREAM_TABLE_L1.take(),
         STREAM_TABLE_L2.take(),
         COMMAND_QUEUE.take(),
         EVENT_QUEUE.take(),
+        PRI_QUEUE.take(),
     ) else {
         return Err(BringUpError::MemoryTaken);
     };
@@ -171,7 +174,8 @@ pub fn bring_up(registers: PhysRange) -> Result<(), BringUpError> {
         stream_table_l2_pool: l2,
         command_queue: cmdq,
         event_queue: evtq,
-        pri_queue: None,
+        // The driver uses it only when IDR0.PRI says the SMMU has PRI.
+        pri_queue: Some(priq),
     };
     let driver = Driver::new(
         SmmuRegisters(window),

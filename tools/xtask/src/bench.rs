@@ -102,6 +102,27 @@ pub(crate) fn bench_command(args: &[String]) -> Result<ExitCode> {
             l.trim_start_matches("BENCH ").trim_end()
         )
     }));
+    // Linux on the vSMMU: the hypervisor's traps per DMA unmap the guest made.
+    let linux = runner::run(
+        &tools,
+        &image,
+        &RunOptions {
+            guest: runner::debian_linux_guest(crate::linux::KernelSeries::default())?,
+            timeout: Duration::from_secs(300),
+            echo: false,
+            ..RunOptions::default()
+        },
+    )?;
+    match linux_figures(&linux.console, &linux.log.lines) {
+        Some(line) => report.push_str(&line),
+        None => {
+            println!(
+                "xtask: bench (Linux) failed: {}; no verdict with IOMMU counts or no vSMMU report",
+                linux.verdict()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     print!("{report}");
     let path = workspace_root().join("target/xtask/bench.txt");
     if let Some(dir) = path.parent() {
@@ -110,4 +131,61 @@ pub(crate) fn bench_command(args: &[String]) -> Result<ExitCode> {
     std::fs::write(&path, &report)?;
     println!("xtask: figures written to {}", path.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The number before `marker` in the first log line holding it: `vSMMU: 242 register traps`.
+fn count_before(lines: &[String], marker: &str) -> Option<u64> {
+    lines.iter().find_map(|line| {
+        let (before, _) = line.split_once(marker)?;
+        before.split_whitespace().last()?.parse().ok()
+    })
+}
+
+/// The Linux figures: vSMMU register traps and CMDQ_PROD writes in the whole run, against the
+/// unmaps the guest's IOMMU made during its I/O (so an upper bound: boot's traps are counted,
+/// its unmaps are not).
+fn linux_figures(console: &str, log: &[String]) -> Option<String> {
+    let figures = crate::linux::dma_figures(console, log)?;
+    let unmaps = figures.unmaps.filter(|&n| n > 0)?;
+    let traps = count_before(log, " register traps")?;
+    let prod_writes = log.iter().find_map(|line| {
+        let (_, rest) = line.split_once("vSMMU: CMDQ_PROD: ")?;
+        let (_, writes) = rest.split_once(" reads, ")?;
+        writes.split_whitespace().next()?.parse::<u64>().ok()
+    })?;
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "small counts, shown to 2 decimals"
+    )]
+    let ratio = |n: u64| n as f64 / unmaps as f64;
+    Some(format!(
+        "BENCH linux vSMMU register traps per guest DMA unmap: {:.2} ({traps} traps in the whole run, boot included; {unmaps} unmaps during the I/O)\n\
+         BENCH linux CMDQ_PROD writes per guest DMA unmap: {:.2} ({prod_writes} writes)\n",
+        ratio(traps),
+        ratio(prod_writes),
+    ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_linux_figures_come_from_the_verdict_and_the_vsmmu_report() {
+        let console = "GUEST VERDICT: PASS kernel=6.12 iommu=smmu3.0x0000000009050000 groups=1 \
+                       vda-group=0 domain=DMA iommu-maps=195 iommu-unmaps=195 read=64KiB\n";
+        let log = [
+            "7.1 INFO  vSMMU: 242 register traps, 413 guest commands".to_string(),
+            "7.2 INFO  vSMMU: CMDQ_PROD: 0 reads, 208 writes".to_string(),
+        ];
+        let text = linux_figures(console, &log).unwrap();
+        assert!(
+            text.contains("per guest DMA unmap: 1.24 (242 traps"),
+            "{text}"
+        );
+        assert!(text.contains("CMDQ_PROD writes per guest DMA unmap: 1.07 (208 writes)"));
+        assert!(linux_figures(console, &log[..1]).is_none());
+        assert!(linux_figures("GUEST VERDICT: PASS iommu-unmaps=0", &log).is_none());
+    }
 }
