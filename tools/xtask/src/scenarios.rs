@@ -571,6 +571,61 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+/// The test guest's own SMMUv3 driver on the virtual SMMU (`tools/test-guest/src/guest/vsmmu.rs`).
+///
+/// **Not in [`SCENARIOS`] yet**: it needs the hypervisor to give the guest its vSMMU (the
+/// `arm,smmu-v3` node at 0x0905_0000 in the guest's tree, the PCIe host's iommu-map to it, and
+/// the register window's traps). Without it every check fails with "the device tree has no
+/// arm,smmu-v3 node". To enable it, add `TEST_GUEST_VSMMU,` at the end of [`SCENARIOS`] (the
+/// `allow` below can then go). The same guest mode runs against QEMU's own SMMUv3 without the
+/// hypervisor: `qemu-system-aarch64 -M virt,iommu=smmuv3,gic-version=3 -cpu max -m 1G
+/// -nographic -nic none -device edu,addr=1,dma_mask=0xffffffffffffffff -kernel
+/// target/aarch64-unknown-none/release/test-guest -append vsmmu`.
+#[allow(
+    dead_code,
+    reason = "waits for the hypervisor's vSMMU; see the comment above"
+)]
+pub(crate) const TEST_GUEST_VSMMU: Scenario = Scenario {
+    name: "test-guest-vsmmu",
+    description: "the bare-metal test guest drives the virtual SMMU with its own minimal driver: the \
+                  ID registers say stage 1 and AArch64 tables, CR0ACK, GBPA and the queue registers \
+                  behave; edu (stream 8) translates through the guest's stage-1 CD and tables over \
+                  the hypervisor's stage 2, exactly onto the mapped pages in both directions, \
+                  CMD_SYNC completes by MSI into guest RAM and by CMDQ_CONS, an unmapped IOVA gives \
+                  F_TRANSLATION; an STE with V=0 gives C_BAD_STE, a reserved Config aborts \
+                  silently, a stage-2 Config is ILLEGAL; an undefined command is CERROR_ILL and \
+                  the queue recovers; a stream table, CD, stage-1 table, command queue, event queue \
+                  or sync MSI at the hypervisor's memory gives the architected abort outcome and \
+                  nothing from there reaches edu, nothing reaches the hypervisor's memory",
+    guest: ScenarioGuest::TestGuest,
+    guest_args: "vsmmu",
+    qemu_args: &["-device", "edu,addr=1,dma_mask=0xffffffffffffffff"],
+    expect_console: &[
+        "GUEST: PASS vsmmu-probe",
+        "GUEST: PASS nested-translation-edu",
+        "GUEST: PASS invalid-ste-c-bad-ste",
+        "GUEST: PASS illegal-command-cerror-ill",
+        "GUEST: PASS pointers-at-hypervisor-memory",
+        "GUEST VERDICT: PASS 5 checks",
+    ],
+    expect_log: &[
+        "entering the bare-metal guest",
+        "guest asked for system off",
+        // The canary of every write the guest aimed at the hypervisor's device tree (its event
+        // queue and sync MSI) and image (its stream table, stage-1 table and command queue).
+        "hypervisor memory check: 6 regions intact",
+        "hypervisor exit: status 0",
+    ],
+    expect_counts: &[
+        // Nothing the guest programs may cause a global error or a lost record on the
+        // physical SMMU (its own queue errors are the vSMMU's, virtual).
+        ("{} overflows", Count::Exactly(0)),
+        ("{} global errors", Count::Exactly(0)),
+    ],
+    timeout_secs: 120,
+    ..DEFAULTS
+};
+
 /// Checks `console` (the guest's UART) against the scenario's expected console text, lines
 /// and verdict fields.
 pub(crate) fn check_console(scenario: &Scenario, console: &str) -> Result<(), String> {
@@ -771,6 +826,29 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), SCENARIOS.len());
         assert!(!names.contains(&"host"));
+    }
+
+    #[test]
+    fn the_vsmmu_scenario_is_well_formed_enabled_or_not() {
+        let s = &TEST_GUEST_VSMMU;
+        assert!(
+            SCENARIOS
+                .iter()
+                .all(|o| o.name != s.name || o.guest_args == "vsmmu")
+        );
+        assert_eq!((s.guest, s.guest_args), (ScenarioGuest::TestGuest, "vsmmu"));
+        assert_eq!(s.forbid_log, FORBIDDEN);
+        assert_eq!(
+            s.expect_console.last(),
+            Some(&"GUEST VERDICT: PASS 5 checks")
+        );
+        assert_eq!(
+            s.expect_console
+                .iter()
+                .filter(|l| l.starts_with("GUEST: PASS "))
+                .count(),
+            5
+        );
     }
 
     #[test]
