@@ -2,6 +2,7 @@
 
 mod containment;
 mod interrupts;
+mod vsmmu;
 
 use aarch64_paging::descriptor::El1Attributes;
 use aarch64_rt::{
@@ -15,7 +16,7 @@ use core::arch::asm;
 use core::fmt::Write;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use smccc::Smc;
+use smccc::{Hvc, Smc};
 
 const DEVICE: usize = El1Attributes::VALID
     .union(El1Attributes::ATTRIBUTE_INDEX_0)
@@ -42,11 +43,15 @@ entry!(main, 8);
 
 /// The guest console (UART0 on QEMU virt, passed through by the hypervisor).
 const UART0: usize = 0x0900_0000;
+/// Where QEMU puts the device tree for an ELF it loads itself: the start of RAM.
+const QEMU_TREE: u64 = 0x4000_0000;
 
 /// The last synchronous exception taken: ESR_EL1 (0 = none since `take_exception`).
 static LAST_ESR: AtomicU64 = AtomicU64::new(0);
 static LAST_FAR: AtomicU64 = AtomicU64::new(0);
 static SECONDARY_RAN: AtomicBool = AtomicBool::new(false);
+/// The device tree's PSCI conduit is HVC (QEMU without EL2 or EL3, running this guest alone).
+static PSCI_HVC: AtomicBool = AtomicBool::new(false);
 
 struct Handlers;
 
@@ -606,22 +611,64 @@ fn main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
     let mut out = Console(uart);
     let _ = writeln!(out, "GUEST: test guest at EL1, device tree at {x0:#x}");
 
-    // SAFETY: the hypervisor passes a device tree at x0, in this guest's RAM; its header's
-    // total size (bounded to the 2 MiB window it lives in) gives the length.
-    let tree = unsafe {
-        let size = u32::from_be(core::ptr::read_volatile((x0 + 4) as *const u32)).min(2 << 20);
-        core::slice::from_raw_parts(x0 as *const u8, size as usize)
+    // The hypervisor passes a device tree at x0. QEMU, loading this ELF itself (no
+    // hypervisor), passes x0 = 0 and puts the tree at the start of RAM, where this guest's
+    // initial page table maps normal memory: it is used when its magic is there.
+    let qemu_alone = x0 == 0;
+    let x0 = if x0 == 0 {
+        // SAFETY: the start of QEMU virt's RAM, mapped by the initial page table and below
+        // this image; only read.
+        let magic = unsafe { core::ptr::read_volatile(QEMU_TREE as *const u32) };
+        if u32::from_be(magic) == 0xd00d_feed {
+            let _ = writeln!(
+                out,
+                "GUEST: no device tree at x0, using QEMU's at {QEMU_TREE:#x}"
+            );
+            QEMU_TREE
+        } else {
+            0
+        }
+    } else {
+        x0
     };
-    let (ram, mode) = match board::discover(tree) {
-        Ok(found) => (
-            found.memory.first().copied(),
-            found
-                .bootargs
-                .and_then(|a| a.split(' ').find(|w| !w.is_empty())),
-        ),
-        Err(_) => (None, None),
+    let (ram, ram_end, smmu, mode) = if x0 == 0 {
+        (None, None, None, None)
+    } else {
+        // SAFETY: a device tree in this guest's RAM (from the hypervisor at x0, or QEMU's);
+        // its header's total size (bounded to the 2 MiB window it lives in) gives the length.
+        let tree = unsafe {
+            let size = u32::from_be(core::ptr::read_volatile((x0 + 4) as *const u32)).min(2 << 20);
+            core::slice::from_raw_parts(x0 as *const u8, size as usize)
+        };
+        match board::discover(tree) {
+            Ok(found) => {
+                PSCI_HVC.store(
+                    found.psci == Some(board::PsciConduit::Hvc),
+                    Ordering::SeqCst,
+                );
+                (
+                    found.memory.first().copied(),
+                    found.memory.last().map(|bank| bank.end()),
+                    found.smmu.map(|smmu| smmu.registers.base.get()),
+                    found
+                        .bootargs
+                        .and_then(|a| a.split(' ').find(|w| !w.is_empty())),
+                )
+            }
+            Err(_) => (None, None, None, None),
+        }
     };
     match mode {
+        Some("vsmmu") => {
+            let platform = vsmmu::Platform {
+                smmu,
+                ram_base: ram.map(|bank| bank.base.get()),
+                ram_end,
+                qemu_alone,
+            };
+            vsmmu::run(&mut out, &platform);
+            power_off();
+        }
         Some("bench") => {
             run_bench(&mut out);
             power_off();
@@ -752,6 +799,9 @@ fn main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
 }
 
 fn power_off() -> ! {
+    if PSCI_HVC.load(Ordering::SeqCst) {
+        let _ = smccc::psci::system_off::<Hvc>();
+    }
     let _ = smccc::psci::system_off::<Smc>();
     loop {
         core::hint::spin_loop();

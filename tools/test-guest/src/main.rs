@@ -7,6 +7,12 @@
 //! emulate is UNDEFINED; PSCI works, including starting a second vCPU. Each check prints
 //! `GUEST: PASS name` or `GUEST: FAIL name: why` on UART0, and the run ends with one line,
 //! `GUEST VERDICT: PASS n checks` or `GUEST VERDICT: FAIL ...`, then PSCI SYSTEM_OFF.
+//!
+//! The first word of its command line (`/chosen/bootargs`) picks another set of checks: `bench`,
+//! `pmu`, `flood`, `gic`, or `vsmmu` (its own SMMUv3 driver against the SMMU its device tree
+//! names, see `guest/vsmmu.rs`). Loaded by QEMU alone (x0 = 0), it finds QEMU's device tree at
+//! the start of RAM and powers off through the tree's PSCI conduit: `vsmmu` then runs against
+//! QEMU's own SMMUv3 (`-M virt,iommu=smmuv3 -kernel test-guest -append vsmmu`).
 
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
