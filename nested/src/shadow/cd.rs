@@ -97,7 +97,7 @@ where
                 self.counters.cd_lookup_faults = self.counters.cd_lookup_faults.saturating_add(1);
                 Cd::INVALID
             }
-            Ok(guest) => match validate_cd(&GuestCd(guest), &self.features, memory) {
+            Ok(guest) => match validate_cd(&GuestCd(guest), &self.features) {
                 Ok(validated) => *validated.shadow(),
                 Err(invalid) => {
                     bump(&mut self.counters.cd_rejections, invalid.index());

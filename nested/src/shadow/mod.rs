@@ -70,7 +70,7 @@ where
                 return ShadowConfig::Blocked(fault);
             }
         };
-        match validate_ste(&GuestSte(ste), &self.features, memory) {
+        match validate_ste(&GuestSte(ste), &self.features) {
             Ok(validated) => match *validated.request() {
                 SteRequest::Abort => ShadowConfig::Abort,
                 SteRequest::Bypass => ShadowConfig::Stage2Only,

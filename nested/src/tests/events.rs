@@ -1,5 +1,6 @@
 //! Physical events back to the guest: rewritten, kept, or dropped as its queue dictates.
 
+use smmu::command::Cmd;
 use smmu::event::{Event, EventAddress, EventId, EventRecord, FaultClass};
 use smmu::registers::offset as o;
 use smmu::{Iova, Ipa, StreamId, Vmid};
@@ -178,5 +179,83 @@ fn events_are_not_recorded_while_the_vsmmu_is_disabled() {
         vm.vsmmu
             .handle_physical_event(&stage1_fault(EDU.physical_sid)),
         EventDisposition::Withheld(WithheldReason::VsmmuDisabled)
+    );
+}
+
+/// The guest's STE points its CD table at the hypervisor's memory (0x4020_0000): a legal STE,
+/// whose CD an SMMU could not fetch. The vSMMU never reads there; the guest's DMA meets an
+/// invalid shadow CD, and the physical C_BAD_CD comes back to the guest as F_CD_FETCH with the
+/// address.
+#[test]
+fn a_cd_table_outside_ram_is_the_guests_f_cd_fetch() {
+    let mut vm = linux_vm();
+    assert!(attach_dma_domain(&mut vm, EDU.virtual_sid));
+    let before: u64 = vm.vsmmu.counters().ste_rejections.iter().sum();
+    vm.put_ste(EDU.virtual_sid, guest_s1_ste(Ipa(0x4020_0000), 0));
+    assert!(vm.submit_sync(&[Cmd::CfgiSte {
+        sid: StreamId(EDU.virtual_sid.0),
+        leaf: true
+    }]));
+    let rejected: u64 = vm.vsmmu.counters().ste_rejections.iter().sum();
+    assert_eq!(rejected, before, "the STE is legal");
+    let ste = physical_ste(&vm, EDU.physical_sid);
+    assert!(ste.v(), "nested, with an invalid shadow CD");
+    assert!(!shadow_cd(&vm, &ste, 0).v());
+    let bad = Event::new(EventId::CBadCd, EDU.physical_sid);
+    assert_eq!(
+        vm.vsmmu.handle_physical_event(&bad),
+        EventDisposition::Forwarded
+    );
+    let event = guest_events(&mut vm)[0].decode().unwrap();
+    assert_eq!((event.id, event.sid), (EventId::FCdFetch, StreamId(8)));
+    assert_eq!(
+        event.addr2,
+        EventAddress::Fetch(smmu::PhysAddr(0x4020_0000))
+    );
+}
+
+/// The guest's CD points TTB0 at the hypervisor's memory: a legal CD (within its IPS). The
+/// physical SMMU's walk of that IPA meets the VM's stage 2, which maps RAM only: a stage-2
+/// fault with CLASS=TT, which the guest gets as an SMMU without stage 2 would report it,
+/// F_WALK_EABT with the table's address. Any other stage-2 fault stays the hypervisor's.
+#[test]
+fn a_stage1_table_outside_ram_is_the_guests_f_walk_eabt() {
+    let mut vm = linux_vm();
+    assert!(attach_dma_domain(&mut vm, EDU.virtual_sid));
+    let before: u64 = vm.vsmmu.counters().cd_rejections.iter().sum();
+    let cd_table = vm.ram(layout::CDS + 8 * 64);
+    vm.memory
+        .put_words(cd_table, &guest_cd(1, Ipa(0x4020_0000)));
+    assert!(vm.submit_sync(&[Cmd::CfgiCd {
+        sid: StreamId(8),
+        ssid: smmu::SubstreamId(0),
+        leaf: true
+    }]));
+    let rejected: u64 = vm.vsmmu.counters().cd_rejections.iter().sum();
+    assert_eq!(rejected, before, "the CD is legal");
+    let ste = physical_ste(&vm, EDU.physical_sid);
+    assert!(shadow_cd(&vm, &ste, 0).v(), "shadowed as it is");
+    let mut walk = stage1_fault(EDU.physical_sid);
+    walk.s2 = true;
+    walk.class = FaultClass::TranslationTable;
+    walk.addr2 = EventAddress::Ipa(Ipa(0x4020_0000));
+    assert_eq!(
+        vm.vsmmu.handle_physical_event(&walk),
+        EventDisposition::Forwarded
+    );
+    let event = guest_events(&mut vm)[0].decode().unwrap();
+    assert_eq!(event.id, EventId::FWalkEabt);
+    assert!(!event.s2, "the guest has no stage 2");
+    assert_eq!(event.class, FaultClass::TranslationTable);
+    assert_eq!(
+        event.addr2,
+        EventAddress::Fetch(smmu::PhysAddr(0x4020_0000))
+    );
+    // A stage-2 fault on the input (the guest's stage 1 maps outside its RAM) stays ours.
+    let mut input = walk;
+    input.class = FaultClass::Input;
+    assert_eq!(
+        vm.vsmmu.handle_physical_event(&input),
+        EventDisposition::Withheld(WithheldReason::Stage2Fault)
     );
 }

@@ -9,19 +9,19 @@
 //! - AA64 = 1 (only AArch64 tables are advertised); ENDI as IDR0.TTENDIAN allows.
 //! - For each table whose walks are enabled (EPDx = 0): TxSZ in 16..=39, TGx a granule the
 //!   vSMMU advertises, SHx not reserved, TTBx below the effective IPS (IPS capped at the
-//!   advertised OAS) and 48 bits, aligned to its root table's size, and the root table in the
-//!   VM's RAM.
+//!   advertised OAS) and 48 bits, and aligned to its root table's size. A root table outside
+//!   the VM's RAM is legal: the walk faults (the physical SMMU's stage-2 fault with CLASS=TT,
+//!   which the guest gets as F_WALK_EABT, as from an SMMU), and nothing outside RAM is read.
 //! - IPS not reserved; HA and HD zero (no HTTU); S zero (no stalls); A one (TERM_MODEL = 1);
 //!   the ASID within 8 bits without ASID16.
 //! - Words 1 and 2 above bit 51 and bits 3:2 (E0PD, HAFT, AIE, PnCH, EPAN, HWU...: features
 //!   not advertised) zero. NSCFGx (Secure streams only) and HADx (no IDR3.HAD) are IGNORED and
 //!   cleared in the shadow; words 4 to 7 (AMAIR, IMPLEMENTATION DEFINED, MPAM) are not copied.
 
+use smmu::Ipa;
 use smmu::cd::Cd;
 use smmu::registers::TableEndianness;
-use smmu::{Ipa, IpaRange};
 
-use crate::interfaces::guest_memory::GuestMemory;
 use crate::registers::id::VirtualFeatures;
 
 /// A CD as copied from guest memory: an allegation.
@@ -71,8 +71,6 @@ pub enum InvalidCd {
     TableBeyondIps(CdTable),
     /// TTBx is not aligned to its root table's size.
     TableMisaligned(CdTable),
-    /// The root table is not wholly in the VM's RAM.
-    TableOutsideRam(CdTable),
     /// HA or HD set without HTTU.
     HardwareUpdateNotSupported,
     /// S set without the stall model.
@@ -92,7 +90,7 @@ pub enum InvalidCd {
 
 impl InvalidCd {
     /// Every variant, for counters indexed by cause.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 14;
 
     /// A dense index for counters.
     #[must_use]
@@ -107,12 +105,11 @@ impl InvalidCd {
             Self::ReservedShareability(_) => 6,
             Self::TableBeyondIps(_) => 7,
             Self::TableMisaligned(_) => 8,
-            Self::TableOutsideRam(_) => 9,
-            Self::HardwareUpdateNotSupported => 10,
-            Self::StallNotSupported => 11,
-            Self::AbortRequired => 12,
-            Self::AsidTooWide => 13,
-            Self::ReservedBits { .. } => 14,
+            Self::HardwareUpdateNotSupported => 9,
+            Self::StallNotSupported => 10,
+            Self::AbortRequired => 11,
+            Self::AsidTooWide => 12,
+            Self::ReservedBits { .. } => 13,
         }
     }
 }
@@ -134,12 +131,7 @@ struct Walk {
     ttb: Ipa,
 }
 
-fn check_walk(
-    walk: &Walk,
-    ips_bits: u8,
-    features: &VirtualFeatures,
-    memory: &impl GuestMemory,
-) -> Result<(), InvalidCd> {
+fn check_walk(walk: &Walk, ips_bits: u8, features: &VirtualFeatures) -> Result<(), InvalidCd> {
     if !TXSZ.contains(&walk.txsz) {
         return Err(InvalidCd::InputSizeOutOfRange(walk.which));
     }
@@ -163,9 +155,11 @@ fn check_walk(
     if !walk.ttb.is_aligned(root_bytes) {
         return Err(InvalidCd::TableMisaligned(walk.which));
     }
-    if !memory.is_ram(IpaRange::new(walk.ttb, root_bytes)) {
-        return Err(InvalidCd::TableOutsideRam(walk.which));
-    }
+    // A root table outside the guest's RAM (but within its IPS) is a legal CD: an SMMU would
+    // take it and fault on the walk (F_WALK_EABT, CLASS=TT). So does the physical SMMU, whose
+    // walk of the table's IPA meets the VM's stage 2, which maps RAM only: a stage-2 fault
+    // with CLASS=TT that `events::intake` gives the guest as its F_WALK_EABT. Nothing outside
+    // RAM is read.
     Ok(())
 }
 
@@ -178,11 +172,7 @@ fn check_walk(
 /// # Errors
 ///
 /// The first [`InvalidCd`] found.
-pub fn validate_cd(
-    cd: &GuestCd,
-    features: &VirtualFeatures,
-    memory: &impl GuestMemory,
-) -> Result<ValidatedCd, InvalidCd> {
+pub fn validate_cd(cd: &GuestCd, features: &VirtualFeatures) -> Result<ValidatedCd, InvalidCd> {
     let cd = &cd.0;
     if !cd.v() {
         return Err(InvalidCd::NotValid);
@@ -224,7 +214,6 @@ pub fn validate_cd(
             },
             ips_bits,
             features,
-            memory,
         )?;
     }
     if !cd.epd1() {
@@ -238,7 +227,6 @@ pub fn validate_cd(
             },
             ips_bits,
             features,
-            memory,
         )?;
     }
     if cd.ha() || cd.hd() {

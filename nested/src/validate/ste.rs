@@ -13,8 +13,9 @@
 //!   DCP, DRE, MEV, S2HWU, SW_RESERVED, S2FWB, NSCFG, IMPLEMENTATION DEFINED) are not copied.
 //! - For stage 1: S1CDMax at most the advertised SSIDSIZE; S1Fmt not reserved, and two-level
 //!   only with CD2L; S1DSS not reserved (when substreams are on); S1ContextPtr within the
-//!   advertised OAS, aligned as its table requires, and the table's first level inside the VM's
-//!   RAM; S1STALLD = 0 (stalls are not supported, so 1 is ILLEGAL); EATS 0 or 1 when ATS is
+//!   advertised OAS and aligned as its table requires (a table outside the VM's RAM is legal:
+//!   the CD fetch fails, and the guest gets F_CD_FETCH, as from an SMMU; nothing outside RAM
+//!   is read); S1STALLD = 0 (stalls are not supported, so 1 is ILLEGAL); EATS 0 or 1 when ATS is
 //!   advertised (IGNORED otherwise).
 //! - Words 2 to 7 (stage 2, VMID, MPAM, VMS, Secure) describe what this vSMMU does not
 //!   implement: IGNORED or RES0, never copied. The VMID and stage 2 of the physical STE are the
@@ -24,7 +25,6 @@ use smmu::IpaRange;
 use smmu::ste::{Eats, S1Dss, S1Fmt, Ste, StreamConfig};
 
 use crate::guest_tables::{CdTableFormat, GuestCdTable, first_level_range};
-use crate::interfaces::guest_memory::GuestMemory;
 use crate::registers::id::VirtualFeatures;
 
 /// An STE as copied from guest memory: an allegation.
@@ -90,8 +90,6 @@ pub enum InvalidSte {
     ContextPointerBeyondOas,
     /// S1ContextPtr is not aligned as its table requires (RES0 low bits set).
     ContextPointerMisaligned,
-    /// The CD table's first level is not wholly in the VM's RAM.
-    ContextTableOutsideRam,
     /// S1STALLD = 1: stalls are not supported, so the field may not be set.
     StallDisableWithoutStalls,
     /// EATS is split-stage or reserved.
@@ -100,7 +98,7 @@ pub enum InvalidSte {
 
 impl InvalidSte {
     /// Every variant, for counters indexed by cause.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 12;
 
     /// A dense index for counters.
     #[must_use]
@@ -116,9 +114,8 @@ impl InvalidSte {
             Self::ReservedS1Dss => 7,
             Self::ContextPointerBeyondOas => 8,
             Self::ContextPointerMisaligned => 9,
-            Self::ContextTableOutsideRam => 10,
-            Self::StallDisableWithoutStalls => 11,
-            Self::EatsNotAllowed(_) => 12,
+            Self::StallDisableWithoutStalls => 10,
+            Self::EatsNotAllowed(_) => 11,
         }
     }
 }
@@ -155,7 +152,6 @@ const WORD1_MUST_BE_ZERO: u64 = 1 << 18
 pub fn validate_ste(
     ste: &GuestSte,
     features: &VirtualFeatures,
-    memory: &impl GuestMemory,
 ) -> Result<ValidatedSte, InvalidSte> {
     let ste = &ste.0;
     if !ste.v() {
@@ -217,9 +213,10 @@ pub fn validate_ste(
     if !ptr.is_aligned(table.first_level_bytes().max(64)) {
         return Err(InvalidSte::ContextPointerMisaligned);
     }
-    if !memory.is_ram(first_level_range(&table)) {
-        return Err(InvalidSte::ContextTableOutsideRam);
-    }
+    // A table outside the guest's RAM is not an ILLEGAL STE: an SMMU would take the STE and
+    // fail to fetch the CD (F_CD_FETCH, with the address), which is what the guest gets: the
+    // vSMMU's own copy of the CD fails, the shadow CD stays invalid, and the physical C_BAD_CD
+    // is forwarded as F_CD_FETCH (`events::intake`). Nothing outside RAM is ever read.
     if ste.s1stalld() {
         return Err(InvalidSte::StallDisableWithoutStalls);
     }

@@ -667,26 +667,14 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         guest: ScenarioGuest::DebianLinux(KernelSeries::Linux6_1),
         ..LINUX_VIRTIO_BLK
     },
+    TEST_GUEST_VSMMU,
 ];
 
 /// The test guest's own SMMUv3 driver on the virtual SMMU (`tools/test-guest/src/guest/vsmmu.rs`).
-///
-/// **Not in [`SCENARIOS`] yet**, because the vSMMU departs from the architecture in two of
-/// `pointers-at-hypervisor-memory`'s sub-cases (every other check and sub-case passes): an STE
-/// whose S1ContextPtr is outside the guest's RAM gives C_BAD_STE where IHI 0070 7.3.10 names
-/// F_CD_FETCH (a CD fetch that aborts; the specification notes a hypervisor may inject it), and
-/// a CD whose TTB0 is outside the guest's RAM, but inside the IPS range (so the CD is legal,
-/// 5.4), gives C_BAD_CD where 7.3.12 names F_WALK_EABT (S2 = 0, CLASS = TT). The guest prints
-/// each sub-case as a `GUEST: INFO` line. When the vSMMU reports those, add `TEST_GUEST_VSMMU,`
-/// at the end of [`SCENARIOS`] (the `allow` below can then go). The same guest mode runs
-/// against QEMU's own SMMUv3 without the hypervisor, where all five checks pass:
-/// `qemu-system-aarch64 -M virt,iommu=smmuv3,gic-version=3 -cpu max -m 1G -nographic -nic none
-/// -device edu,addr=1,dma_mask=0xffffffffffffffff -kernel
+/// The same guest mode runs against QEMU's own SMMUv3 without the hypervisor, where all five
+/// checks pass too: `qemu-system-aarch64 -M virt,iommu=smmuv3,gic-version=3 -cpu max -m 1G
+/// -nographic -nic none -device edu,addr=1,dma_mask=0xffffffffffffffff -kernel
 /// target/aarch64-unknown-none/release/test-guest -append vsmmu`.
-#[allow(
-    dead_code,
-    reason = "waits for two vSMMU fault reports; see the comment above"
-)]
 pub(crate) const TEST_GUEST_VSMMU: Scenario = Scenario {
     name: "test-guest-vsmmu",
     description: "the bare-metal test guest drives the virtual SMMU with its own minimal driver: the \
