@@ -413,7 +413,7 @@ mod pmu {
 }
 
 /// `bench` mode: the instruction cost of each kind of trap, printed as `BENCH` lines.
-fn run_bench(out: &mut Console) {
+fn run_bench(out: &mut Console, platform: &vsmmu::Platform) {
     use pmu::Levels;
     const N: u64 = 1000;
     let cases: [(&str, &dyn Fn()); 4] = [
@@ -515,6 +515,21 @@ fn run_bench(out: &mut Console) {
             total / N,
             el2 / N
         );
+    }
+    // The vSMMU's command queue, as Linux drives it (100 iterations: each is a whole batch).
+    const BATCHES: u64 = 100;
+    let outcome = vsmmu::bench(platform, &mut |name, case| {
+        let total = pmu::count(Levels::GuestAndHypervisor, BATCHES, &mut *case);
+        let el2 = pmu::count(Levels::Hypervisor, BATCHES, &mut *case);
+        let _ = writeln!(
+            out,
+            "BENCH {name}: {} instructions each, {} of them at EL2",
+            total / BATCHES,
+            el2 / BATCHES
+        );
+    });
+    if let Err(why) = outcome {
+        let _ = writeln!(out, "BENCH vsmmu-cmdq: not available ({why})");
     }
     let baseline = pmu::count(Levels::GuestAndHypervisor, N, || core::hint::black_box(()));
     let _ = writeln!(
@@ -670,7 +685,13 @@ fn main(x0: u64, _x1: u64, _x2: u64, _x3: u64) -> ! {
             power_off();
         }
         Some("bench") => {
-            run_bench(&mut out);
+            let platform = vsmmu::Platform {
+                smmu,
+                ram_base: ram.map(|bank| bank.base.get()),
+                ram_end,
+                qemu_alone,
+            };
+            run_bench(&mut out, &platform);
             power_off();
         }
         Some("pmu") => {

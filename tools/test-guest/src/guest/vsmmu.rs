@@ -1601,6 +1601,50 @@ fn foreign_pointers(smmu: &mut Smmu<'_>, platform: &Platform) -> Outcome {
 }
 
 /// Runs the `vsmmu` checks and prints their verdict.
+/// A writer that drops what it is given: the benchmark's SMMU reports nothing.
+struct Sink;
+
+impl Write for Sink {
+    fn write_str(&mut self, _: &str) -> core::fmt::Result {
+        Ok(())
+    }
+}
+
+/// Benchmark cases on the SMMU the device tree names (the vSMMU, under the hypervisor): one
+/// `CMDQ_PROD` write carrying 1, then 32, TLBI_NH_ASID commands and a CMD_SYNC whose MSI goes
+/// into the sync's own queue slot, which the guest polls in memory, as Linux issues them.
+/// `measure` runs a case many times and reports it. Returns why there is nothing to measure.
+pub(super) fn bench(
+    platform: &Platform,
+    measure: &mut dyn FnMut(&'static str, &mut dyn FnMut()),
+) -> Outcome {
+    let base = platform
+        .smmu
+        .ok_or("the device tree has no arm,smmu-v3 node")?;
+    let mut sink = Sink;
+    let mut smmu = probe(&mut sink, base, platform.qemu_alone)?;
+    if !smmu.features.msi() {
+        return Err("the SMMU has no MSI");
+    }
+    let one = [command::tlbi_nh_asid(1)];
+    let many = [command::tlbi_nh_asid(1); 32];
+    let mut failed = false;
+    measure(
+        "vsmmu-cmdq-1-command-and-sync (one CMDQ_PROD trap, MSI polled)",
+        &mut || failed |= smmu.submit_msi_into_queue(&one).is_err(),
+    );
+    measure(
+        "vsmmu-cmdq-32-commands-and-sync (one CMDQ_PROD trap, MSI polled)",
+        &mut || failed |= smmu.submit_msi_into_queue(&many).is_err(),
+    );
+    let _ = smmu.set_cr0(0);
+    if failed {
+        Err("a command batch failed")
+    } else {
+        Ok(())
+    }
+}
+
 pub(super) fn run(out: &mut dyn Write, platform: &Platform) {
     const NAMES: [&str; 5] = [
         "vsmmu-probe",
