@@ -20,4 +20,5 @@ fresh_path="$poison:$HOME/.cargo/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 echo "ci: fresh-machine toolchain check, PATH=$fresh_path"
 # A changed source forces the image to be compiled and linked again under this PATH.
 touch hyp/src/main.rs tools/test-guest/src/main.rs
-PATH="$fresh_path" cargo xtask build
+# Through `./x`, which installs Debian's cargo first on a machine that has none at all.
+PATH="$fresh_path" ./x build
