@@ -216,7 +216,14 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
         GUEST_VMID
     );
 
-    let vsmmu = set_up_vsmmu(&boot, discovered, vsmmu_interrupts);
+    let dma = match stage2::dma_regions(&guest_platform) {
+        Ok(regions) => regions,
+        Err(error) => {
+            defmt::error!("SMMU stage 2 refused: {}", error);
+            fail("SMMU stage 2");
+        }
+    };
+    let vsmmu = set_up_vsmmu(&boot, discovered, &dma, vsmmu_interrupts);
     if registry.register(vsmmu.registers, vsmmu.device).is_err() {
         fail("vSMMU register window");
     }
@@ -385,6 +392,7 @@ fn open_guest_ram_alias(map: &mut Mapping<PagePool, El2>, ram: PhysRange) {
 fn set_up_vsmmu(
     boot: &GuestBoot<'_>,
     discovered: &board::Discovered<'_>,
+    dma: &stage2::Stage2Regions,
     interrupts: crate::vsmmu::VsmmuInterrupts,
 ) -> crate::vsmmu::VsmmuSetup {
     let Some(pcie) = discovered.pcie.as_ref() else {
@@ -399,6 +407,7 @@ fn set_up_vsmmu(
     };
     match crate::vsmmu::set_up(
         boot.ram,
+        dma,
         boot.hypervisor_carve_out,
         (streams.first, streams.last),
         boot.platform.smmu.registers,

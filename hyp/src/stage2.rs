@@ -7,11 +7,12 @@
 //! cannot master memory around the SMMU (or whose memory-touching registers the hypervisor
 //! traps) is mapped, page by page, and nothing else. Everything unmapped (the hypervisor's own
 //! windows, withheld devices, holes) faults to EL2, where the MMIO handler registry (the GIC
-//! redistributors' RD_base frames, the vSMMU later) or an injected external abort answers it.
+//! distributor and redistributors, the vSMMU) or an injected external abort answers it.
 //!
 //! Two stage-2 tables are built from this module, deliberately separate:
 //! - the **CPU's** (VTTBR_EL2): RAM and the granted devices;
-//! - the **SMMU's** (STE.S2TTB for the guest's streams): RAM, plus the one kind of device page
+//! - the **SMMU's** (STE.S2TTB for the guest's streams; a `smmu::domain` of 4 KiB pages built
+//!   by `crate::vsmmu` from [`dma_regions`]): RAM, plus the one kind of device page
 //!   a device must write to, an MSI doorbell (the GIC ITS's GITS_TRANSLATER frame), when the
 //!   guest has one (not today: the ITS is withheld until it is emulated, see `guest_boot`). A
 //!   device has no other business reaching MMIO through DMA, and keeping the tables apart

@@ -241,16 +241,19 @@ pub struct VsmmuSetup {
     pub confined: u32,
 }
 
-/// Builds the VM's SMMU stage 2 (guest RAM, and the shadow CD window read-only), gives every
+/// Builds the VM's SMMU stage 2 (`dma`, what `crate::stage2::dma_regions` lets a device
+/// reach, and the shadow CD window read-only), gives every
 /// stream of the PCIe host a stage-2-only entry over it, then the vSMMU, which takes over the
 /// first [`VSMMU_STREAMS`] of them. `registers` is where the guest finds the vSMMU (the physical
-/// SMMU's address, which the guest's stage 2 leaves unmapped).
+/// SMMU's address, which the guest's stage 2 leaves unmapped); `ram` is the guest's RAM, all
+/// the vSMMU may copy from and to.
 ///
 /// # Errors
 ///
 /// [`SetupError`] at the first refusal; the boot then stops.
 pub fn set_up(
     ram: PhysRange,
+    dma: &crate::stage2::Stage2Regions,
     carve_out: PhysRange,
     streams: (StreamId, StreamId),
     registers: PhysRange,
@@ -279,16 +282,24 @@ pub fn set_up(
         .check(&features)
         .map_err(SetupError::Geometry)?;
     let mut domain = Stage2Domain::new(tables, config).map_err(SetupError::Domain)?;
-    // Guest RAM, IPA == PA, in chunks of the domain's budget: bounded, at boot.
+    // What `crate::stage2::dma_regions` allows a device to reach (guest RAM, and an MSI
+    // doorbell when the guest has one), IPA == PA, in chunks of the domain's budget: bounded,
+    // at boot.
     let chunk = DEFAULT_MAX_PAGES_PER_CALL * PAGE_SIZE;
-    let mut offset = 0;
-    while offset < ram.size {
-        let size = chunk.min(ram.size - offset);
-        let at = ram.base.get() + offset;
-        domain
-            .map(&mut pins, Ipa(at), PhysAddr(at), size, Permissions::RAM)
-            .map_err(SetupError::Domain)?;
-        offset += size;
+    for region in dma {
+        let permissions = match region.kind {
+            crate::stage2::Stage2Kind::Ram => Permissions::RAM,
+            crate::stage2::Stage2Kind::Device => Permissions::DOORBELL,
+        };
+        let mut offset = 0;
+        while offset < region.range.size {
+            let size = chunk.min(region.range.size - offset);
+            let at = region.range.base.get() + offset;
+            domain
+                .map(&mut pins, Ipa(at), PhysAddr(at), size, permissions)
+                .map_err(SetupError::Domain)?;
+            offset += size;
+        }
     }
     let shadow_cds =
         physical::take_shadow_cds().ok_or(SetupError::NotAvailable("shadow CD memory"))?;
