@@ -3,11 +3,14 @@
 //! 1. The guest's device tree is derived from the platform's (`board::build_guest_tree`): RAM
 //!    limited to the guest's, every device the allow-list withholds (the hypervisor's UART and
 //!    SMMU, and anything that masters memory around the SMMU) removed with every reference to
-//!    it, `/chosen` set from the command line. It is written at the start of guest RAM through
+//!    it, the vSMMU's `arm,smmu-v3` node added (the PCIe host's `iommu-map` pointing at it),
+//!    `/chosen` set from the command line. It is written at the start of guest RAM through
 //!    the EL2 map's guest boot window, which is then unmapped.
-//! 2. The CPU's stage 2 is built (`crate::stage2`): guest RAM and the granted devices, with
-//!    the redistributors' RD_base frames left unmapped and emulated
-//!    ([`crate::redistributor`]).
+//! 2. The CPU's stage 2 is built (`crate::stage2`): guest RAM and the granted devices; the
+//!    GIC's distributor and redistributors are left unmapped and emulated (`crate::gic`,
+//!    `crate::interrupts`). The SMMU's stage 2, the streams and the vSMMU are set up by
+//!    `crate::vsmmu`, whose register window is left unmapped too; guest RAM is aliased in the
+//!    EL2 map for `crate::guest_memory`'s copies.
 //! 3. The boot CPU enters the guest at EL1: a Linux `Image` with x0 = the device tree, or a
 //!    bare-metal ELF with the same convention. Secondary vCPUs come later, by PSCI `CPU_ON`.
 
