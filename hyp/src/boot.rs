@@ -181,7 +181,7 @@ pub fn primary_main(x0: u64) -> ! {
             .and(guest_ram)
             .map(|ram| PhysRange::new(ram.base.get(), GUEST_BOOT_WINDOW_SIZE)),
     };
-    let mut el2_map = install_el2_map(&windows);
+    let (mut el2_map, el2_regions) = install_el2_map(&windows);
 
     let _features = probe_smmu(platform.smmu.registers);
     // From here on no stream bypasses: GBPA aborts and every STE is invalid until a stream is
@@ -214,6 +214,7 @@ pub fn primary_main(x0: u64) -> ! {
         ram: guest_ram,
         hypervisor_carve_out: PhysRange::new(first_bank.base.get(), HYPERVISOR_CARVE_OUT),
         el2_map: &mut el2_map,
+        el2_regions: &el2_regions,
     })
 }
 
@@ -399,7 +400,9 @@ fn recurse(depth: u64) -> u64 {
 }
 
 /// Builds the EL2 map and switches to it.
-fn install_el2_map(windows: &PlatformWindows) -> Mapping<PagePool, El2> {
+/// Builds, activates and returns the EL2 map, with the regions it identity-maps (which the guest
+/// RAM alias, mapped later, must not meet).
+fn install_el2_map(windows: &PlatformWindows) -> (Mapping<PagePool, El2>, layout::Regions) {
     let image = image_layout();
     // The lowest page of every EL2 stack stays unmapped: an overflow faults.
     let boot_guard = PhysRange::new(&raw const boot_stack_begin as u64, layout::PAGE_SIZE);
@@ -440,7 +443,7 @@ fn install_el2_map(windows: &PlatformWindows) -> Mapping<PagePool, El2> {
         map.translation().capacity()
     );
     crate::cpus::start::set_el2_root(map.root_address().0 as u64);
-    map
+    (map, regions)
 }
 
 /// Reads, decodes and logs the physical SMMU's ID registers; stops if they make no sense.

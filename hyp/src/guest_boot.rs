@@ -62,8 +62,10 @@ pub struct GuestBoot<'a> {
     pub ram: PhysRange,
     /// The hypervisor's carve-out at the start of RAM.
     pub hypervisor_carve_out: PhysRange,
-    /// The EL2 map, to close the guest boot window.
+    /// The EL2 map, to close the guest boot window and open the guest RAM alias.
     pub el2_map: &'a mut Mapping<PagePool, El2>,
+    /// The regions the EL2 map identity-maps: the guest RAM alias must meet none of them.
+    pub el2_regions: &'a crate::layout::Regions,
 }
 
 unsafe extern "C" {
@@ -108,7 +110,7 @@ pub fn boot(boot: GuestBoot<'_>) -> ! {
 
     let tree_size = write_guest_tree(&boot);
     close_boot_window(boot.el2_map, ram.base.get());
-    open_guest_ram_alias(boot.el2_map, ram);
+    open_guest_ram_alias(boot.el2_map, boot.el2_regions, ram);
     defmt::info!(
         "guest device tree: {=usize} bytes at {=u64:#x}",
         tree_size,
@@ -360,9 +362,12 @@ fn close_boot_window(map: &mut Mapping<PagePool, El2>, base: u64) {
 
 /// Maps guest RAM at its alias in the EL2 map (read-write, execute-never; see
 /// `crate::guest_memory`): the only way the hypervisor reaches guest RAM after boot.
-fn open_guest_ram_alias(map: &mut Mapping<PagePool, El2>, ram: PhysRange) {
-    let regions = crate::layout::Regions::new();
-    let alias = match crate::layout::guest_ram_alias(ram, &regions) {
+fn open_guest_ram_alias(
+    map: &mut Mapping<PagePool, El2>,
+    regions: &crate::layout::Regions,
+    ram: PhysRange,
+) {
+    let alias = match crate::layout::guest_ram_alias(ram, regions) {
         Ok(alias) => alias,
         Err(error) => {
             defmt::error!("guest RAM alias: {}", error);

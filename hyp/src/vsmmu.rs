@@ -100,6 +100,20 @@ pub enum SharedPhysicalError {
     Driver(nested::interfaces::physical::DriverBackendError),
 }
 
+impl SharedPhysical {
+    /// Runs `f` on the driver, under its lock.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(
+            &mut physical::PhysicalSmmu,
+        ) -> Result<T, nested::interfaces::physical::DriverBackendError>,
+    ) -> Result<T, SharedPhysicalError> {
+        let mut guard = physical::SMMU.lock();
+        let driver = guard.as_mut().ok_or(SharedPhysicalError::NotUp)?;
+        f(driver).map_err(SharedPhysicalError::Driver)
+    }
+}
+
 impl PhysicalSmmu for SharedPhysical {
     type Error = SharedPhysicalError;
 
@@ -112,21 +126,15 @@ impl PhysicalSmmu for SharedPhysical {
         sid: StreamId,
         target: &ShadowSte,
     ) -> Result<InstallReport, Self::Error> {
-        let mut guard = physical::SMMU.lock();
-        let driver = guard.as_mut().ok_or(SharedPhysicalError::NotUp)?;
-        PhysicalSmmu::install_ste(driver, sid, target).map_err(SharedPhysicalError::Driver)
+        self.with(|driver| PhysicalSmmu::install_ste(driver, sid, target))
     }
 
     fn submit(&mut self, commands: &[PhysicalCommand]) -> Result<(), Self::Error> {
-        let mut guard = physical::SMMU.lock();
-        let driver = guard.as_mut().ok_or(SharedPhysicalError::NotUp)?;
-        PhysicalSmmu::submit(driver, commands).map_err(SharedPhysicalError::Driver)
+        self.with(|driver| PhysicalSmmu::submit(driver, commands))
     }
 
     fn sync(&mut self) -> Result<SyncProof, Self::Error> {
-        let mut guard = physical::SMMU.lock();
-        let driver = guard.as_mut().ok_or(SharedPhysicalError::NotUp)?;
-        PhysicalSmmu::sync(driver).map_err(SharedPhysicalError::Driver)
+        self.with(PhysicalSmmu::sync)
     }
 
     fn pri_queue_position(&mut self) -> Option<nested::PriPosition> {

@@ -134,13 +134,6 @@ const CONTAINMENT_DEVICES: &[&str] = &[
     "virtio-mmio.force-legacy=false",
 ];
 
-/// Whether the Linux scenarios expect the guest to see the hypervisor's emulated SMMUv3 (the
-/// vSMMU): an `arm,smmu-v3` node at 0x0905_0000 in its device tree, with the PCIe host bridge's
-/// `iommu-map` pointing at it. It does: [`LINUX_WITH_VSMMU`] says what is checked.
-/// ([`LINUX_WITHOUT_IOMMU`] is what a guest without it showed, kept for a hypervisor built
-/// without one.)
-pub(crate) const LINUX_EXPECTS_VSMMU: bool = true;
-
 /// What the Linux scenarios check on the guest's console about its IOMMU.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LinuxIommuExpectations {
@@ -148,21 +141,6 @@ pub(crate) struct LinuxIommuExpectations {
     pub(crate) console_lines: &'static [&'static [&'static str]],
     pub(crate) verdict: &'static [(&'static str, VerdictField)],
 }
-
-/// The guest sees no IOMMU: no IOMMU device, no group, no domain, and its I/O maps nothing (the
-/// counts are numbers, so the `iommu:map`/`iommu:unmap` tracepoints were found and counted).
-pub(crate) const LINUX_WITHOUT_IOMMU: LinuxIommuExpectations = LinuxIommuExpectations {
-    console: &["guest: IOMMU devices: none", "GUEST VERDICT: PASS"],
-    console_lines: &[],
-    verdict: &[
-        ("iommu", VerdictField::Is("none")),
-        ("groups", VerdictField::Number(Count::Exactly(0))),
-        ("vda-group", VerdictField::Is("none")),
-        ("domain", VerdictField::Is("none")),
-        ("iommu-maps", VerdictField::Number(Count::Exactly(0))),
-        ("iommu-unmaps", VerdictField::Number(Count::Exactly(0))),
-    ],
-};
 
 /// The guest sees the vSMMU: Linux's `arm-smmu-v3` driver probes it at 0x0905_0000 (its
 /// `ias/oas` line, which it prints only once the ID registers are read and accepted, shows up in
@@ -190,13 +168,6 @@ pub(crate) const LINUX_WITH_VSMMU: LinuxIommuExpectations = LinuxIommuExpectatio
     ],
 };
 
-/// The expectations in force, as [`LINUX_EXPECTS_VSMMU`] chooses.
-pub(crate) const LINUX_IOMMU: LinuxIommuExpectations = if LINUX_EXPECTS_VSMMU {
-    LINUX_WITH_VSMMU
-} else {
-    LINUX_WITHOUT_IOMMU
-};
-
 /// The Debian Linux scenario, for either kernel series.
 const LINUX_VIRTIO_BLK: Scenario = Scenario {
     name: "linux-virtio-blk",
@@ -210,9 +181,9 @@ const LINUX_VIRTIO_BLK: Scenario = Scenario {
     hyp_args: None,
     qemu_args: &[],
     expect_status: 0,
-    expect_console: LINUX_IOMMU.console,
-    expect_console_lines: LINUX_IOMMU.console_lines,
-    expect_verdict: LINUX_IOMMU.verdict,
+    expect_console: LINUX_WITH_VSMMU.console,
+    expect_console_lines: LINUX_WITH_VSMMU.console_lines,
+    expect_verdict: LINUX_WITH_VSMMU.verdict,
     expect_log: &[
         // The count is what the driver installed; the range is what was asked for.
         "SMMU: 65536 guest streams 0x0 to 0xffff translate through stage 2",
@@ -1182,7 +1153,7 @@ write+readback=64KiB@block1024 md5=d087eb10\r
     }
 
     #[test]
-    fn the_linux_scenarios_check_the_expectations_the_switch_selects() {
+    fn the_linux_scenarios_check_that_the_guest_used_its_vsmmu() {
         let linux: Vec<&Scenario> = SCENARIOS
             .iter()
             .filter(|s| matches!(s.guest, ScenarioGuest::DebianLinux(_)))
@@ -1195,11 +1166,7 @@ write+readback=64KiB@block1024 md5=d087eb10\r
             })
             .collect();
         assert_eq!(series, [KernelSeries::Linux6_12, KernelSeries::Linux6_1]);
-        let selected = if LINUX_EXPECTS_VSMMU {
-            LINUX_WITH_VSMMU
-        } else {
-            LINUX_WITHOUT_IOMMU
-        };
+        let selected = LINUX_WITH_VSMMU;
         for scenario in linux {
             assert_eq!(
                 scenario.expect_console, selected.console,
@@ -1210,29 +1177,6 @@ write+readback=64KiB@block1024 md5=d087eb10\r
             assert_eq!(scenario.expect_verdict, selected.verdict);
             assert!(!scenario.expect_verdict.is_empty());
         }
-    }
-
-    #[test]
-    fn without_an_iommu_the_guest_must_report_none_and_zero_counts() {
-        let today = linux_scenario(LINUX_WITHOUT_IOMMU);
-        assert_eq!(check_console(&today, CONSOLE_WITHOUT_IOMMU), Ok(()));
-        assert!(check_console(&today, CONSOLE_WITH_SMMU).is_err());
-        // A guest that could not count its maps does not pass for one that made none.
-        let uncounted = CONSOLE_WITHOUT_IOMMU
-            .replace("iommu-maps=0", "iommu-maps=unknown")
-            .replace("iommu-unmaps=0", "iommu-unmaps=unknown");
-        assert_eq!(
-            check_console(&today, &uncounted),
-            Err("guest verdict has iommu-maps=unknown, expected Number(Exactly(0))".into())
-        );
-        let older = CONSOLE_WITHOUT_IOMMU.replace(" groups=0", "");
-        assert!(
-            check_console(&today, &older)
-                .unwrap_err()
-                .contains("no groups=")
-        );
-        let failed = "guest: IOMMU devices: none\nGUEST VERDICT: FAIL no /dev/vda\n";
-        assert!(check_console(&today, failed).is_err());
     }
 
     #[test]

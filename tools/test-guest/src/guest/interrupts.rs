@@ -55,6 +55,28 @@ fn enable_cpu_interface() {
     }
 }
 
+/// Acknowledges the highest-priority pending virtual interrupt: its INTID, or `None` if none
+/// is pending (a spurious INTID).
+fn acknowledge() -> Option<u64> {
+    let got: u64;
+    // SAFETY: reads this guest's own virtual CPU interface (ICV_IAR1_EL1).
+    unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) got, options(nostack)) };
+    let got = got & 0xff_ffff;
+    (got < 1020).then_some(got)
+}
+
+/// Ends `intid`, which [`acknowledge`] returned.
+fn end(intid: u64) {
+    // SAFETY: ends the interrupt just acknowledged at this guest's virtual CPU interface.
+    unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) intid, options(nostack)) };
+}
+
+/// Writes ICC_SGI1R_EL1 (which traps to the hypervisor).
+fn send_sgi(value: u64) {
+    // SAFETY: asks for an SGI; the hypervisor decides where it goes.
+    unsafe { asm!("msr icc_sgi1r_el1, {}", "isb", in(reg) value, options(nostack)) };
+}
+
 /// Waits (bounded) for `intid` at the virtual CPU interface, acknowledges and ends it.
 fn wait_for(intid: u64) -> bool {
     wait_for_then(intid, || {})
@@ -64,16 +86,11 @@ fn wait_for(intid: u64) -> bool {
 /// level-sensitive line first).
 fn wait_for_then(intid: u64, quiesce: impl Fn()) -> bool {
     for _ in 0..20_000_000u64 {
-        let got: u64;
-        // SAFETY: acknowledges the highest-priority pending virtual interrupt, if any.
-        unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) got, options(nostack)) };
-        let got = got & 0xff_ffff;
-        if got < 1020 {
+        if let Some(got) = acknowledge() {
             if got == intid {
                 quiesce();
             }
-            // SAFETY: ends the interrupt just acknowledged.
-            unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) got, options(nostack)) };
+            end(got);
             if got == intid {
                 return true;
             }
@@ -134,8 +151,7 @@ pub(super) mod bench {
     /// One SGI the guest sends itself: the trapped ICC_SGI1R write, the physical SGI taken at
     /// EL2 and injected, the guest's acknowledge and end (these two without a trap).
     pub(in super::super) fn sgi_to_self() {
-        // SAFETY: SGI 5 to this CPU (Aff0 0).
-        unsafe { asm!("msr icc_sgi1r_el1, {}", "isb", in(reg) (5u64 << 24 | 1), options(nostack)) };
+        send_sgi(5u64 << 24 | 1); // SGI 5, TargetList: this CPU (Aff0 0)
         let _ = wait_for(5);
     }
 
@@ -177,8 +193,7 @@ pub(super) fn virtual_timer_arrives() -> Outcome {
 pub(super) fn own_sgi_arrives() -> Outcome {
     enable_cpu_interface();
     mmio_write32(GICR_SGI + 0x100, 1 << 5);
-    // SAFETY: SGI 5 to this CPU (Aff0 0): the hypervisor forwards it here.
-    unsafe { asm!("msr icc_sgi1r_el1, {}", "isb", in(reg) (5u64 << 24 | 1), options(nostack)) };
+    send_sgi(5u64 << 24 | 1); // SGI 5, TargetList: this CPU (Aff0 0)
     if wait_for(5) {
         Ok(())
     } else {
@@ -197,18 +212,12 @@ pub(super) fn list_register_overflow_loses_nothing() -> Outcome {
     // at its CPU interface); the hypervisor's are taken at EL2 regardless.
     unsafe { asm!("msr daifset, #2", "isb", options(nostack)) };
     for sgi in 0..8u64 {
-        // SAFETY: SGI `sgi` to this CPU (Aff0 0).
-        unsafe { asm!("msr icc_sgi1r_el1, {}", "isb", in(reg) (sgi << 24 | 1), options(nostack)) };
+        send_sgi(sgi << 24 | 1); // to this CPU
     }
     let mut seen = 0u32;
     for _ in 0..2_000_000u64 {
-        let got: u64;
-        // SAFETY: acknowledges the highest-priority pending virtual interrupt, if any.
-        unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) got, options(nostack)) };
-        let got = got & 0xff_ffff;
-        if got < 1020 {
-            // SAFETY: ends the interrupt just acknowledged.
-            unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) got, options(nostack)) };
+        if let Some(got) = acknowledge() {
+            end(got);
             if got < 8 {
                 if seen & 1 << got != 0 {
                     return Err("an SGI arrived twice");
@@ -232,16 +241,10 @@ pub(super) fn hypervisors_sgi_refused() -> Outcome {
     if mmio_read32(GICR_SGI + 0x100) & 1 << 15 != 0 {
         return Err("SGI 15 reads as enabled");
     }
-    // SAFETY: SGI 15 to this CPU: refused by the hypervisor.
-    unsafe { asm!("msr icc_sgi1r_el1, {}", "isb", in(reg) (15u64 << 24 | 1), options(nostack)) };
+    send_sgi(15u64 << 24 | 1); // SGI 15 to this CPU: refused by the hypervisor
     for _ in 0..100_000u64 {
-        let got: u64;
-        // SAFETY: acknowledges a pending virtual interrupt, if any (none should be).
-        unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) got, options(nostack)) };
-        let got = got & 0xff_ffff;
-        if got < 1020 {
-            // SAFETY: ends what was just acknowledged.
-            unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) got, options(nostack)) };
+        if let Some(got) = acknowledge() {
+            end(got);
             if got == 15 {
                 return Err("SGI 15 arrived");
             }
@@ -252,8 +255,7 @@ pub(super) fn hypervisors_sgi_refused() -> Outcome {
 
 /// An SGI to CPU 1, which is not the guest's: the hypervisor drops it (and counts it).
 pub(super) fn sgi_to_another_cpu() {
-    // SAFETY: SGI 6 to CPU 1 (TargetList bit 1).
-    unsafe { asm!("msr icc_sgi1r_el1, {}", "isb", in(reg) (6u64 << 24 | 0b10), options(nostack)) };
+    send_sgi(6u64 << 24 | 0b10); // SGI 6 to CPU 1 (TargetList bit 1)
 }
 
 /// Every register a guest could use on the hypervisor's interrupts, written, then read back.
